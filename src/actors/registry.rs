@@ -1,0 +1,246 @@
+//! Finds or starts the actor of a user, spreads actors over a pool of threads, and lets an
+//! idle actor retire without ever losing a request that raced with its retirement.
+//!
+//! The race: a request looks up an actor's address just as the actor decides it is idle.
+//! Every request therefore carries a guard that counts it as in flight from the moment it
+//! is counted (under the map shard's read lock) until the actor has handled it or it was
+//! dropped. An actor retires only by removing its own entry under that shard's write lock
+//! while the count is zero, so a request either reaches a live actor or finds no entry
+//! and starts a fresh one.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::dev::ToEnvelope;
+use actix::{Actor, Addr, Arbiter, ArbiterHandle, Handler, MailboxError, Message};
+use dashmap::DashMap;
+
+use super::user::{Shutdown, UserActor};
+use crate::clock::Clock;
+use crate::domain::UserId;
+use crate::telemetry::Metrics;
+
+#[derive(Clone, Debug)]
+pub struct ActorSettings {
+    pub threads: usize,
+    pub idle_timeout: Duration,
+    pub tick: Duration,
+    pub call_timeout: Duration,
+}
+
+/// Mailbox slots per actor; one user rarely has more than a few requests queued, but a
+/// burst (a reconnecting household) should queue rather than spin on a full mailbox.
+const MAILBOX_CAPACITY: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ActorUnavailable {
+    #[error("the user's actor did not answer in time")]
+    Timeout,
+    #[error("the user's actor stopped unexpectedly")]
+    Stopped,
+}
+
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    actors: DashMap<UserId, Entry>,
+    threads: Vec<ArbiterHandle>,
+    owned_threads: Mutex<Vec<Arbiter>>,
+    settings: ActorSettings,
+    clock: Clock,
+    metrics: Arc<Metrics>,
+}
+
+struct Entry {
+    addr: Addr<UserActor>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// Counts one request as in flight for as long as it lives.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn new(count: &Arc<AtomicUsize>) -> InFlight {
+        count.fetch_add(1, Ordering::AcqRel);
+        InFlight(Arc::clone(count))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A message on its way to a user actor, counted as in flight until handled or dropped.
+pub struct Tracked<M> {
+    msg: M,
+    _in_flight: InFlight,
+}
+
+impl<M: Message> Message for Tracked<M>
+where
+    M::Result: 'static,
+{
+    type Result = M::Result;
+}
+
+/// Lets `UserActor` receive `Tracked<M>` for each message it handles. A blanket impl over
+/// every `M` sends the trait solver into `Tracked<Tracked<…>>`, hence the list.
+macro_rules! tracked_messages {
+    ($($msg:ty),* $(,)?) => {$(
+        impl Handler<Tracked<$msg>> for UserActor {
+            type Result = <UserActor as Handler<$msg>>::Result;
+
+            fn handle(&mut self, tracked: Tracked<$msg>, ctx: &mut Self::Context) -> Self::Result {
+                // The guard drops when this returns: the message's effect is done.
+                <UserActor as Handler<$msg>>::handle(self, tracked.msg, ctx)
+            }
+        }
+    )*};
+}
+
+tracked_messages!(super::Heartbeat, super::EndStream, super::ListStreams);
+
+impl Registry {
+    /// Starts `settings.threads` actor threads. Must run inside an actix `System`.
+    pub fn start(settings: ActorSettings, clock: Clock, metrics: Arc<Metrics>) -> Registry {
+        let owned: Vec<Arbiter> = (0..settings.threads.max(1))
+            .map(|_| Arbiter::new())
+            .collect();
+        let threads = owned.iter().map(Arbiter::handle).collect();
+        Registry {
+            inner: Arc::new(Inner {
+                actors: DashMap::new(),
+                threads,
+                owned_threads: Mutex::new(owned),
+                settings,
+                clock,
+                metrics,
+            }),
+        }
+    }
+
+    pub fn settings(&self) -> &ActorSettings {
+        &self.inner.settings
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.inner.clock
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// User actors running now.
+    pub fn len(&self) -> usize {
+        self.inner.actors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inner.actors.is_empty()
+    }
+
+    /// Delivers `msg` to the user's actor, starting one if needed, and waits for the answer.
+    pub async fn call<M>(&self, user: &UserId, msg: M) -> Result<M::Result, ActorUnavailable>
+    where
+        M: Message + Send + 'static,
+        M::Result: Send + 'static,
+        UserActor: Handler<Tracked<M>>,
+        <UserActor as Actor>::Context: ToEnvelope<UserActor, Tracked<M>>,
+    {
+        let (addr, request) = {
+            // Held until the message is enqueued (or parked on a full mailbox, still
+            // counted), so retirement cannot slip in between lookup and send.
+            let entry = match self.inner.actors.get(user.as_str()) {
+                Some(entry) => entry,
+                None => self
+                    .inner
+                    .actors
+                    .entry(user.clone())
+                    .or_insert_with(|| self.spawn(user))
+                    .downgrade(),
+            };
+            let tracked = Tracked {
+                msg,
+                _in_flight: InFlight::new(&entry.in_flight),
+            };
+            (entry.addr.clone(), entry.addr.send(tracked))
+        };
+        match request.timeout(self.inner.settings.call_timeout).await {
+            Ok(answer) => Ok(answer),
+            Err(MailboxError::Timeout) => {
+                self.inner.metrics.actor_unavailable.inc();
+                Err(ActorUnavailable::Timeout)
+            }
+            Err(MailboxError::Closed) => {
+                // Only a crashed actor closes with its entry still present; forget it so
+                // the next request starts afresh.
+                self.inner
+                    .actors
+                    .remove_if(user.as_str(), |_, entry| entry.addr == addr);
+                self.inner.metrics.actor_unavailable.inc();
+                tracing::error!(user = %user, "user actor stopped unexpectedly");
+                Err(ActorUnavailable::Stopped)
+            }
+        }
+    }
+
+    fn spawn(&self, user: &UserId) -> Entry {
+        let thread = &self.inner.threads[thread_of(user, self.inner.threads.len())];
+        let registry = self.clone();
+        let owner = user.clone();
+        let addr = UserActor::start_in_arbiter(thread, move |ctx| {
+            ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+            UserActor::new(owner, registry)
+        });
+        Entry {
+            addr,
+            in_flight: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Removes the actor's entry if it is still this actor's and nothing is in flight to
+    /// it. On `true` the actor must stop: no request can reach it any more.
+    pub(super) fn retire(&self, user: &UserId, addr: &Addr<UserActor>) -> bool {
+        self.inner
+            .actors
+            .remove_if(user.as_str(), |_, entry| {
+                entry.addr == *addr && entry.in_flight.load(Ordering::Acquire) == 0
+            })
+            .is_some()
+    }
+
+    /// Stops every actor and then the actor threads. Requests after this start nothing.
+    pub async fn shutdown(&self) {
+        let addrs: Vec<Addr<UserActor>> = self
+            .inner
+            .actors
+            .iter()
+            .map(|entry| entry.addr.clone())
+            .collect();
+        self.inner.actors.clear();
+        let stops = addrs.iter().map(|addr| addr.send(Shutdown));
+        let stopped = futures_util::future::join_all(stops).await;
+        let lost = stopped.iter().filter(|r| r.is_err()).count();
+        if lost > 0 {
+            tracing::warn!(actors = lost, "user actors were already gone at shutdown");
+        }
+        let threads = std::mem::take(&mut *self.inner.owned_threads.lock().expect("not poisoned"));
+        for thread in threads {
+            thread.stop();
+            // Joining blocks; the threads have nothing left to run, so it is immediate.
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Which actor thread a user lives on: stable, so one user's actor restarts where it was.
+fn thread_of(user: &UserId, threads: usize) -> usize {
+    (xxhash_rust::xxh3::xxh3_64(user.as_str().as_bytes()) % threads as u64) as usize
+}

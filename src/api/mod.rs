@@ -1,0 +1,57 @@
+//! HTTP: playstate's own routes under `/v1`, the seed systems' routes beside them, and the
+//! operational endpoints. Handlers parse and validate, call `Users`, and render; the
+//! rules live below them.
+
+pub mod auth;
+pub mod body;
+pub mod compat;
+pub mod error;
+pub mod middleware;
+pub mod ops;
+pub mod v1;
+
+use std::sync::Arc;
+
+use actix_web::http::header::HeaderName;
+use actix_web::{HttpRequest, Resource, web};
+
+use crate::clock::Clock;
+use crate::config::RequestLog;
+use crate::telemetry::Metrics;
+use crate::users::Users;
+
+/// What every handler can reach.
+pub struct AppState {
+    pub users: Users,
+    pub metrics: Arc<Metrics>,
+    pub clock: Clock,
+    pub max_body_bytes: usize,
+    /// The header a trusted gateway sets to choose the caller's plan, if trusted.
+    pub plan_header: Option<HeaderName>,
+    pub request_log: RequestLog,
+}
+
+impl AppState {
+    /// The plan named by the trusted gateway header, when that header is trusted.
+    pub fn trusted_plan<'r>(&self, req: &'r HttpRequest) -> Option<&'r str> {
+        let name = self.plan_header.as_ref()?;
+        req.headers()
+            .get(name)?
+            .to_str()
+            .ok()
+            .filter(|p| !p.is_empty())
+    }
+}
+
+/// A resource named after its own pattern, so metrics and logs can label requests by route
+/// without allocating (`HttpRequest::match_name` borrows; `match_pattern` allocates).
+pub(crate) fn route(pattern: &'static str) -> Resource {
+    web::resource(pattern).name(pattern)
+}
+
+/// Registers every route.
+pub fn routes(cfg: &mut web::ServiceConfig, dev_endpoints: bool) {
+    v1::routes(cfg);
+    compat::routes(cfg);
+    ops::routes(cfg, dev_endpoints);
+}

@@ -1,0 +1,7 @@
+//! playstate's own API.
+
+pub mod streams;
+
+pub fn routes(cfg: &mut actix_web::web::ServiceConfig) {
+    streams::routes(cfg);
+}

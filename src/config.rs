@@ -1,0 +1,247 @@
+//! Typed configuration. Defaults live in `config/default.toml`, compiled in; a `--config`
+//! file and `PLAYSTATE_*` environment variables override them, in that order.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::{Deserialize, Serialize};
+
+/// The compiled-in defaults.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub streams: StreamsConfig,
+    pub actors: ActorsConfig,
+    pub cluster: ClusterConfig,
+    pub log: LogConfig,
+    pub dev: DevConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub workers: usize,
+    pub max_body_bytes: usize,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamsConfig {
+    pub limit: u32,
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    pub lease_intervals: u32,
+    #[serde(with = "humantime_serde")]
+    pub subscription_lease: Duration,
+    pub trust_plan_header: bool,
+    pub plan_header: String,
+    #[serde(default)]
+    pub plans: BTreeMap<String, u32>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActorsConfig {
+    pub threads: usize,
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub tick: Duration,
+    #[serde(with = "humantime_serde")]
+    pub call_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub node_id: u64,
+    pub shards: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestLog {
+    All,
+    Errors,
+    Off,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: LogFormat,
+    pub requests: RequestLog,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevConfig {
+    pub manual_clock: bool,
+}
+
+/// Command-line values that beat every other source.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("{0}")]
+    Parse(Box<figment::Error>),
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+impl Config {
+    /// Defaults, then `file`, then `PLAYSTATE_*` environment, then `overrides`.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::MissingFile(path.to_path_buf()));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(Env::prefixed("PLAYSTATE_").split("__"));
+        let mut config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Parse(Box::new(e)))?;
+        if let Some(listen) = overrides.listen {
+            config.server.listen = listen;
+        }
+        if let Some(dir) = &overrides.data_dir {
+            config.storage.data_dir = dir.clone();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the rules that types alone cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(key: &'static str, reason: impl Into<String>) -> Result<(), ConfigError> {
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.into(),
+            })
+        }
+        let s = &self.streams;
+        if s.limit == 0 {
+            return invalid("streams.limit", "must be at least 1");
+        }
+        if s.heartbeat_interval.is_zero() {
+            return invalid("streams.heartbeat_interval", "must be longer than 0");
+        }
+        if s.lease_intervals == 0 {
+            return invalid("streams.lease_intervals", "must be at least 1");
+        }
+        if s.subscription_lease.is_zero() {
+            return invalid("streams.subscription_lease", "must be longer than 0");
+        }
+        if s.trust_plan_header && s.plan_header.trim().is_empty() {
+            return invalid("streams.plan_header", "must name a header when trusted");
+        }
+        if let Some((plan, _)) = s.plans.iter().find(|(_, limit)| **limit == 0) {
+            return invalid(
+                "streams.plans",
+                format!("plan `{plan}` must allow at least 1"),
+            );
+        }
+        if self.server.max_body_bytes < 64 {
+            return invalid("server.max_body_bytes", "must be at least 64");
+        }
+        if self.actors.tick.is_zero() {
+            return invalid("actors.tick", "must be longer than 0");
+        }
+        if self.actors.idle_timeout.is_zero() {
+            return invalid("actors.idle_timeout", "must be longer than 0");
+        }
+        if self.actors.call_timeout.is_zero() {
+            return invalid("actors.call_timeout", "must be longer than 0");
+        }
+        if self.cluster.shards == 0 || self.cluster.shards > 65_536 {
+            return invalid("cluster.shards", "must be between 1 and 65536");
+        }
+        if self.cluster.node_id == 0 {
+            return invalid("cluster.node_id", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, for `check-config`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    /// How long a heartbeat client's slot lives.
+    pub fn heartbeat_lease(&self) -> Duration {
+        self.streams.heartbeat_interval * self.streams.lease_intervals
+    }
+}
+
+/// `0` in a thread-count setting means "one per core".
+pub fn threads_or_cores(configured: usize) -> usize {
+    if configured > 0 {
+        configured
+    } else {
+        std::thread::available_parallelism().map_or(1, usize::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compiled_in_defaults_are_valid_and_run_a_local_node() {
+        let config: Config = Figment::from(Toml::string(DEFAULT_TOML)).extract().unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.storage.data_dir, PathBuf::from("./data"));
+        assert_eq!(config.streams.limit, 3);
+        assert_eq!(config.heartbeat_lease(), Duration::from_secs(40));
+        assert_eq!(
+            config.streams.subscription_lease,
+            Duration::from_secs(4 * 3600)
+        );
+        assert_eq!(config.cluster.shards, 1024);
+        assert!(!config.dev.manual_clock);
+    }
+
+    #[test]
+    fn rendered_config_parses_back() {
+        let config: Config = Figment::from(Toml::string(DEFAULT_TOML)).extract().unwrap();
+        let again: Config = Figment::from(Toml::string(&config.to_toml()))
+            .extract()
+            .unwrap();
+        assert_eq!(again.to_toml(), config.to_toml());
+    }
+}

@@ -1,0 +1,207 @@
+//! Logs and metrics. Logs are JSON lines on stdout, written by a background thread so a
+//! request never waits on the terminal or a log shipper. Metrics are Prometheus; handles
+//! used on hot paths are resolved once here, so recording one is a single atomic add.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+use tracing_appender::non_blocking::WorkerGuard;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{LogConfig, LogFormat};
+
+/// Installs the global subscriber. Keep the guard alive until exit: dropping it flushes.
+pub fn init_tracing(config: &LogConfig) -> Result<WorkerGuard, String> {
+    let filter = EnvFilter::try_new(&config.level)
+        .map_err(|e| format!("invalid value for `log.level`: {e}"))?;
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        // Block rather than drop lines when the writer falls behind: a lost access-log line
+        // is worse than a slower request under a log storm.
+        .lossy(false)
+        .finish(std::io::stdout());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_target(false);
+    let installed = match config.format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+        LogFormat::Pretty => builder.try_init(),
+    };
+    installed.map_err(|e| format!("cannot install the logger: {e}"))?;
+    Ok(guard)
+}
+
+/// Latency buckets in seconds, dense below 10 ms where the hot path lives.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+pub struct HeartbeatCounters {
+    pub taken: IntCounter,
+    pub renewed: IntCounter,
+    pub refused: IntCounter,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub heartbeats: HeartbeatCounters,
+    pub releases: IntCounter,
+    pub slots_expired: IntCounter,
+    pub active_streams: IntGauge,
+    pub active_users: IntGauge,
+    pub passivations: IntCounter,
+    pub actor_unavailable: IntCounter,
+    http_requests: IntCounterVec,
+    http_duration: HistogramVec,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let heartbeats = IntCounterVec::new(
+            Opts::new(
+                "playstate_heartbeats_total",
+                "Stream heartbeats by outcome: taken (new slot), renewed, refused (limit).",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                "playstate_http_requests_total",
+                "HTTP requests by route pattern, method and status.",
+            ),
+            &["route", "method", "status"],
+        )
+        .expect("valid metric");
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "playstate_http_request_duration_seconds",
+                "HTTP request latency by route pattern, from first byte read to response.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route"],
+        )
+        .expect("valid metric");
+        let metrics = Metrics {
+            heartbeats: HeartbeatCounters {
+                taken: heartbeats.with_label_values(&["taken"]),
+                renewed: heartbeats.with_label_values(&["renewed"]),
+                refused: heartbeats.with_label_values(&["refused"]),
+            },
+            releases: IntCounter::new(
+                "playstate_stream_releases_total",
+                "Stream slots freed by an explicit stop (DELETE).",
+            )
+            .expect("valid metric"),
+            slots_expired: IntCounter::new(
+                "playstate_stream_slots_expired_total",
+                "Stream slots freed because their lease ended without a heartbeat.",
+            )
+            .expect("valid metric"),
+            active_streams: IntGauge::new(
+                "playstate_active_streams",
+                "Stream slots held on this node (expired slots leave within one actor tick).",
+            )
+            .expect("valid metric"),
+            active_users: IntGauge::new(
+                "playstate_active_users",
+                "User actors running on this node.",
+            )
+            .expect("valid metric"),
+            passivations: IntCounter::new(
+                "playstate_actor_passivations_total",
+                "User actors stopped after being idle.",
+            )
+            .expect("valid metric"),
+            actor_unavailable: IntCounter::new(
+                "playstate_actor_unavailable_total",
+                "Requests answered 503 because their user actor did not answer.",
+            )
+            .expect("valid metric"),
+            http_requests,
+            http_duration,
+            registry,
+        };
+        metrics.register_all(heartbeats);
+        metrics
+    }
+
+    fn register_all(&self, heartbeats: IntCounterVec) {
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(heartbeats),
+            Box::new(self.releases.clone()),
+            Box::new(self.slots_expired.clone()),
+            Box::new(self.active_streams.clone()),
+            Box::new(self.active_users.clone()),
+            Box::new(self.passivations.clone()),
+            Box::new(self.actor_unavailable.clone()),
+            Box::new(self.http_requests.clone()),
+            Box::new(self.http_duration.clone()),
+        ];
+        for collector in collectors {
+            self.registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+    }
+
+    /// Handles for one route: resolved once per worker thread and route, then reused.
+    pub fn route(&self, route: &str) -> RouteMetrics {
+        RouteMetrics {
+            duration: self.http_duration.with_label_values(&[route]),
+            requests: self.http_requests.clone(),
+            by_status: Vec::new(),
+            route: route.into(),
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::with_capacity(8 * 1024);
+        let families = self.registry.gather();
+        if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// Per-route handles cached by each HTTP worker (see `api::middleware`).
+pub struct RouteMetrics {
+    route: Box<str>,
+    duration: Histogram,
+    requests: IntCounterVec,
+    /// (method, status) pairs seen so far on this route; a handful in practice.
+    by_status: Vec<(&'static str, u16, IntCounter)>,
+}
+
+impl RouteMetrics {
+    pub fn observe(&mut self, method: &'static str, status: u16, seconds: f64) {
+        self.duration.observe(seconds);
+        if let Some((_, _, counter)) = self
+            .by_status
+            .iter()
+            .find(|(m, s, _)| *s == status && *m == method)
+        {
+            counter.inc();
+            return;
+        }
+        let counter =
+            self.requests
+                .with_label_values(&[&*self.route, method, status.to_string().as_str()]);
+        counter.inc();
+        self.by_status.push((method, status, counter));
+    }
+}
