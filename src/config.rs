@@ -18,6 +18,12 @@ pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 pub struct Config {
     pub server: ServerConfig,
     pub storage: StorageConfig,
+    pub store: StoreConfig,
+    pub aws: AwsConfig,
+    pub progress: ProgressConfig,
+    pub events: EventsConfig,
+    pub catalog: CatalogConfig,
+    pub auth: AuthConfig,
     pub streams: StreamsConfig,
     pub actors: ActorsConfig,
     pub cluster: ClusterConfig,
@@ -39,6 +45,96 @@ pub struct ServerConfig {
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
     pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    Embedded,
+    Dynamodb,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    pub backend: StoreBackend,
+    pub dynamodb: DynamoConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DynamoConfig {
+    pub table: String,
+    pub create_table: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsConfig {
+    pub region: String,
+    pub endpoint: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProgressConfig {
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    pub max_seconds: u32,
+    pub max_dirty_entries: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventSinkKind {
+    File,
+    Sqs,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    pub sink: EventSinkKind,
+    pub file: PathBuf,
+    pub outbox_capacity: usize,
+    pub sqs: SqsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqsConfig {
+    pub queue_url: String,
+    pub queue_name: String,
+    pub create_queue: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CatalogKind {
+    None,
+    Http,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogConfig {
+    pub kind: CatalogKind,
+    pub base_url: String,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub jwt_hs256_secret: String,
+    pub jwt_rs256_public_key_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -190,6 +286,38 @@ impl Config {
         if self.cluster.shards == 0 || self.cluster.shards > 65_536 {
             return invalid("cluster.shards", "must be between 1 and 65536");
         }
+        if self.progress.flush_interval.is_zero() {
+            return invalid("progress.flush_interval", "must be longer than 0");
+        }
+        if self.progress.max_dirty_entries == 0 {
+            return invalid("progress.max_dirty_entries", "must be at least 1");
+        }
+        if self.events.outbox_capacity < crate::events::BATCH {
+            return invalid("events.outbox_capacity", "must be at least 10");
+        }
+        if self.events.sink == EventSinkKind::Sqs
+            && self.events.sqs.queue_url.is_empty()
+            && self.events.sqs.queue_name.is_empty()
+        {
+            return invalid("events.sqs.queue_url", "set queue_url or queue_name");
+        }
+        if self.store.backend == StoreBackend::Dynamodb && self.store.dynamodb.table.is_empty() {
+            return invalid("store.dynamodb.table", "must name a table");
+        }
+        if self.catalog.kind == CatalogKind::Http && !self.catalog.base_url.starts_with("http") {
+            return invalid(
+                "catalog.base_url",
+                "must be an http(s) URL when catalog.kind = \"http\"",
+            );
+        }
+        if !self.auth.jwt_hs256_secret.is_empty()
+            && !self.auth.jwt_rs256_public_key_file.as_os_str().is_empty()
+        {
+            return invalid(
+                "auth",
+                "set jwt_hs256_secret or jwt_rs256_public_key_file, not both",
+            );
+        }
         if self.cluster.node_id == 0 {
             return invalid("cluster.node_id", "must be at least 1");
         }
@@ -234,6 +362,10 @@ mod tests {
         );
         assert_eq!(config.cluster.shards, 1024);
         assert!(!config.dev.manual_clock);
+        assert_eq!(config.store.backend, StoreBackend::Embedded);
+        assert_eq!(config.events.sink, EventSinkKind::File);
+        assert_eq!(config.progress.flush_interval, Duration::from_secs(30));
+        assert_eq!(config.catalog.kind, CatalogKind::None);
     }
 
     #[test]

@@ -5,10 +5,15 @@
 
 pub mod actors;
 pub mod api;
+pub mod aws;
+pub mod catalog;
 pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod domain;
+pub mod events;
+pub mod retry;
 pub mod server;
+pub mod store;
 pub mod telemetry;
 pub mod users;

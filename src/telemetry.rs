@@ -47,8 +47,26 @@ pub struct HeartbeatCounters {
     pub refused: IntCounter,
 }
 
+pub struct StoreWriteCounters {
+    pub progress_put: IntCounter,
+    pub progress_delete: IntCounter,
+    pub watchlist_put: IntCounter,
+    pub watchlist_delete: IntCounter,
+}
+
 pub struct Metrics {
     registry: Registry,
+    pub store_reads: IntCounter,
+    pub store_writes: StoreWriteCounters,
+    pub store_errors: IntCounter,
+    pub progress_updates: IntCounter,
+    pub progress_dirty_entries: IntGauge,
+    pub progress_refused: IntCounter,
+    pub flush_duration: Histogram,
+    pub flush_failures: IntCounter,
+    pub progress_lost: IntCounter,
+    bi_events: IntCounterVec,
+    pub outbox_depth: IntGauge,
     pub heartbeats: HeartbeatCounters,
     pub releases: IntCounter,
     pub slots_expired: IntCounter,
@@ -88,7 +106,79 @@ impl Metrics {
             &["route"],
         )
         .expect("valid metric");
+        let store_writes = IntCounterVec::new(
+            Opts::new(
+                "playstate_store_writes_total",
+                "Items written to the store, by operation.",
+            ),
+            &["op"],
+        )
+        .expect("valid metric");
+        let bi_events = IntCounterVec::new(
+            Opts::new(
+                "playstate_bi_events_total",
+                "BI events by event and outcome: queued, delivered, failed (a delivery attempt).",
+            ),
+            &["event", "outcome"],
+        )
+        .expect("valid metric");
         let metrics = Metrics {
+            store_reads: IntCounter::new(
+                "playstate_store_reads_total",
+                "User libraries loaded from the store.",
+            )
+            .expect("valid metric"),
+            store_writes: StoreWriteCounters {
+                progress_put: store_writes.with_label_values(&["progress_put"]),
+                progress_delete: store_writes.with_label_values(&["progress_delete"]),
+                watchlist_put: store_writes.with_label_values(&["watchlist_put"]),
+                watchlist_delete: store_writes.with_label_values(&["watchlist_delete"]),
+            },
+            store_errors: IntCounter::new(
+                "playstate_store_errors_total",
+                "Store operations that failed.",
+            )
+            .expect("valid metric"),
+            progress_updates: IntCounter::new(
+                "playstate_progress_updates_total",
+                "Progress updates accepted (each lands in memory; flushes write them).",
+            )
+            .expect("valid metric"),
+            progress_dirty_entries: IntGauge::new(
+                "playstate_progress_dirty_entries",
+                "Progress entries changed in memory and not yet stored.",
+            )
+            .expect("valid metric"),
+            progress_refused: IntCounter::new(
+                "playstate_progress_refused_total",
+                "Progress updates refused with 503 because too much was unflushed.",
+            )
+            .expect("valid metric"),
+            flush_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "playstate_flush_duration_seconds",
+                    "Time to write one batch of dirty progress to the store.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            )
+            .expect("valid metric"),
+            flush_failures: IntCounter::new(
+                "playstate_flush_failures_total",
+                "Progress flushes that failed and will be retried.",
+            )
+            .expect("valid metric"),
+            progress_lost: IntCounter::new(
+                "playstate_progress_lost_total",
+                "Progress updates acknowledged but never stored: unflushed at a crash (counted \
+                 at the next start) or when the store stayed down through a shutdown.",
+            )
+            .expect("valid metric"),
+            bi_events: bi_events.clone(),
+            outbox_depth: IntGauge::new(
+                "playstate_outbox_depth",
+                "BI events waiting for delivery.",
+            )
+            .expect("valid metric"),
             heartbeats: HeartbeatCounters {
                 taken: heartbeats.with_label_values(&["taken"]),
                 renewed: heartbeats.with_label_values(&["renewed"]),
@@ -128,13 +218,30 @@ impl Metrics {
             http_duration,
             registry,
         };
-        metrics.register_all(heartbeats);
+        metrics.register_all(vec![
+            Box::new(heartbeats),
+            Box::new(store_writes),
+            Box::new(bi_events),
+        ]);
         metrics
     }
 
-    fn register_all(&self, heartbeats: IntCounterVec) {
-        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
-            Box::new(heartbeats),
+    /// The counter of one BI event outcome.
+    pub fn bi_events(&self, event: &str, outcome: &str) -> IntCounter {
+        self.bi_events.with_label_values(&[event, outcome])
+    }
+
+    fn register_all(&self, vecs: Vec<Box<dyn prometheus::core::Collector>>) {
+        let mut collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(self.store_reads.clone()),
+            Box::new(self.store_errors.clone()),
+            Box::new(self.progress_updates.clone()),
+            Box::new(self.progress_dirty_entries.clone()),
+            Box::new(self.progress_refused.clone()),
+            Box::new(self.flush_duration.clone()),
+            Box::new(self.flush_failures.clone()),
+            Box::new(self.progress_lost.clone()),
+            Box::new(self.outbox_depth.clone()),
             Box::new(self.releases.clone()),
             Box::new(self.slots_expired.clone()),
             Box::new(self.active_streams.clone()),
@@ -144,6 +251,7 @@ impl Metrics {
             Box::new(self.http_requests.clone()),
             Box::new(self.http_duration.clone()),
         ];
+        collectors.extend(vecs);
         for collector in collectors {
             self.registry
                 .register(collector)

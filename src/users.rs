@@ -3,11 +3,17 @@
 
 use std::sync::Arc;
 
-use crate::actors::{ActorUnavailable, EndStream, Heartbeat, ListStreams, Registry};
+use actix::dev::ToEnvelope;
+use actix::{Actor, Handler, Message};
+
+use crate::actors::{
+    ActorUnavailable, ClearProgress, EditWatchlist, EndStream, GetProgress, GetWatchlist,
+    Heartbeat, LibraryError, ListStreams, Registry, SetProgress, Tracked, UserActor,
+};
 use crate::cluster::router::{Destination, NodeId, Router};
 use crate::domain::{
-    Accepted, HeartbeatOutcome, LimitReached, Origin, SessionId, Slot, SlotRequest, StreamId,
-    StreamPolicy, UserId,
+    Accepted, AssetId, HeartbeatOutcome, LimitReached, Origin, Seconds, SessionId, Slot,
+    SlotRequest, StreamId, StreamPolicy, Timestamp, UserId,
 };
 use crate::telemetry::Metrics;
 
@@ -23,6 +29,14 @@ pub enum UnavailableReason {
 pub enum StreamError {
     #[error("stream limit of {} reached", refusal.limit)]
     LimitReached { user: UserId, refusal: LimitReached },
+    #[error("temporarily unavailable: {0}")]
+    Unavailable(#[from] UnavailableReason),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LibraryCallError {
+    #[error(transparent)]
+    Library(#[from] LibraryError),
     #[error("temporarily unavailable: {0}")]
     Unavailable(#[from] UnavailableReason),
 }
@@ -73,7 +87,6 @@ impl Users {
         user: &UserId,
         claim: StreamClaim<'_>,
     ) -> Result<Accepted, StreamError> {
-        self.ensure_local(user)?;
         let request = SlotRequest {
             lease: self.policy.lease_for(claim.origin),
             limit: self.policy.limit_for(claim.plan),
@@ -81,11 +94,7 @@ impl Users {
             session: claim.session,
             stream: claim.stream,
         };
-        let answer = self
-            .registry
-            .call(user, Heartbeat(request))
-            .await
-            .map_err(UnavailableReason::from)?;
+        let answer = self.call(user, Heartbeat(request)).await?;
         let counters = &self.metrics.heartbeats;
         match answer {
             Ok(accepted) => {
@@ -112,7 +121,6 @@ impl Users {
         origin: Origin,
         session: SessionId,
     ) -> Result<(), StreamError> {
-        self.ensure_local(user)?;
         let freed = self
             .registry
             .call(user, EndStream { origin, session })
@@ -126,18 +134,63 @@ impl Users {
 
     /// The user's live slots, oldest first.
     pub async fn streams(&self, user: &UserId) -> Result<Vec<Slot>, StreamError> {
-        self.ensure_local(user)?;
-        Ok(self
-            .registry
-            .call(user, ListStreams)
-            .await
-            .map_err(UnavailableReason::from)?)
+        Ok(self.call(user, ListStreams).await?)
     }
 
-    fn ensure_local(&self, user: &UserId) -> Result<(), StreamError> {
+    /// Progress of one asset (`Some`) or of every asset.
+    pub async fn progress(
+        &self,
+        user: &UserId,
+        asset: Option<AssetId>,
+    ) -> Result<Vec<(AssetId, Seconds)>, LibraryCallError> {
+        Ok(self.call(user, GetProgress(asset)).await??)
+    }
+
+    pub async fn set_progress(
+        &self,
+        user: &UserId,
+        asset: AssetId,
+        seconds: Seconds,
+    ) -> Result<(), LibraryCallError> {
+        Ok(self.call(user, SetProgress { asset, seconds }).await??)
+    }
+
+    pub async fn clear_progress(
+        &self,
+        user: &UserId,
+        asset: AssetId,
+    ) -> Result<(), LibraryCallError> {
+        Ok(self.call(user, ClearProgress(asset)).await??)
+    }
+
+    pub async fn watchlist(
+        &self,
+        user: &UserId,
+    ) -> Result<Vec<(AssetId, Timestamp)>, LibraryCallError> {
+        Ok(self.call(user, GetWatchlist).await??)
+    }
+
+    /// Adds (`add`) or removes an asset; acknowledged only once stored.
+    pub async fn edit_watchlist(
+        &self,
+        user: &UserId,
+        asset: AssetId,
+        add: bool,
+    ) -> Result<(), LibraryCallError> {
+        Ok(self.call(user, EditWatchlist { asset, add }).await??)
+    }
+
+    /// Routes `msg` to the user's actor on the owning node.
+    async fn call<M>(&self, user: &UserId, msg: M) -> Result<M::Result, UnavailableReason>
+    where
+        M: Message + Send + 'static,
+        M::Result: Send + 'static,
+        UserActor: Handler<Tracked<M>>,
+        <UserActor as Actor>::Context: ToEnvelope<UserActor, Tracked<M>>,
+    {
         match self.router.route(user) {
-            Destination::Local => Ok(()),
-            Destination::Remote(owner) => Err(UnavailableReason::NotOwner(owner).into()),
+            Destination::Local => Ok(self.registry.call(user, msg).await?),
+            Destination::Remote(owner) => Err(UnavailableReason::NotOwner(owner)),
         }
     }
 }

@@ -16,10 +16,9 @@ use actix::dev::ToEnvelope;
 use actix::{Actor, Addr, Arbiter, ArbiterHandle, Handler, MailboxError, Message};
 use dashmap::DashMap;
 
+use super::services::UserServices;
 use super::user::{Shutdown, UserActor};
-use crate::clock::Clock;
 use crate::domain::UserId;
-use crate::telemetry::Metrics;
 
 #[derive(Clone, Debug)]
 pub struct ActorSettings {
@@ -51,8 +50,7 @@ struct Inner {
     threads: Vec<ArbiterHandle>,
     owned_threads: Mutex<Vec<Arbiter>>,
     settings: ActorSettings,
-    clock: Clock,
-    metrics: Arc<Metrics>,
+    services: Arc<UserServices>,
 }
 
 struct Entry {
@@ -104,11 +102,20 @@ macro_rules! tracked_messages {
     )*};
 }
 
-tracked_messages!(super::Heartbeat, super::EndStream, super::ListStreams);
+tracked_messages!(
+    super::Heartbeat,
+    super::EndStream,
+    super::ListStreams,
+    super::GetProgress,
+    super::SetProgress,
+    super::ClearProgress,
+    super::GetWatchlist,
+    super::EditWatchlist,
+);
 
 impl Registry {
     /// Starts `settings.threads` actor threads. Must run inside an actix `System`.
-    pub fn start(settings: ActorSettings, clock: Clock, metrics: Arc<Metrics>) -> Registry {
+    pub fn start(settings: ActorSettings, services: Arc<UserServices>) -> Registry {
         let owned: Vec<Arbiter> = (0..settings.threads.max(1))
             .map(|_| Arbiter::new())
             .collect();
@@ -119,8 +126,7 @@ impl Registry {
                 threads,
                 owned_threads: Mutex::new(owned),
                 settings,
-                clock,
-                metrics,
+                services,
             }),
         }
     }
@@ -129,12 +135,8 @@ impl Registry {
         &self.inner.settings
     }
 
-    pub fn clock(&self) -> &Clock {
-        &self.inner.clock
-    }
-
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.inner.metrics
+    pub fn services(&self) -> &Arc<UserServices> {
+        &self.inner.services
     }
 
     /// User actors running now.
@@ -175,7 +177,7 @@ impl Registry {
         match request.timeout(self.inner.settings.call_timeout).await {
             Ok(answer) => Ok(answer),
             Err(MailboxError::Timeout) => {
-                self.inner.metrics.actor_unavailable.inc();
+                self.inner.services.metrics.actor_unavailable.inc();
                 Err(ActorUnavailable::Timeout)
             }
             Err(MailboxError::Closed) => {
@@ -184,7 +186,7 @@ impl Registry {
                 self.inner
                     .actors
                     .remove_if(user.as_str(), |_, entry| entry.addr == addr);
-                self.inner.metrics.actor_unavailable.inc();
+                self.inner.services.metrics.actor_unavailable.inc();
                 tracing::error!(user = %user, "user actor stopped unexpectedly");
                 Err(ActorUnavailable::Stopped)
             }
@@ -216,8 +218,9 @@ impl Registry {
             .is_some()
     }
 
-    /// Stops every actor and then the actor threads. Requests after this start nothing.
-    pub async fn shutdown(&self) {
+    /// Flushes and stops every actor, waiting up to `deadline`, then stops the actor
+    /// threads. Requests after this start nothing.
+    pub async fn shutdown(&self, deadline: Duration) {
         let addrs: Vec<Addr<UserActor>> = self
             .inner
             .actors
@@ -225,11 +228,23 @@ impl Registry {
             .map(|entry| entry.addr.clone())
             .collect();
         self.inner.actors.clear();
-        let stops = addrs.iter().map(|addr| addr.send(Shutdown));
-        let stopped = futures_util::future::join_all(stops).await;
-        let lost = stopped.iter().filter(|r| r.is_err()).count();
-        if lost > 0 {
-            tracing::warn!(actors = lost, "user actors were already gone at shutdown");
+        let stopped = addrs.iter().map(|addr| {
+            let (stopped, on_stop) = tokio::sync::oneshot::channel();
+            addr.do_send(Shutdown { stopped });
+            // An actor already gone drops the sender: that counts as stopped too.
+            on_stop
+        });
+        let all = futures_util::future::join_all(stopped);
+        if tokio::time::timeout(deadline, all).await.is_err() {
+            tracing::error!(
+                unflushed = self.inner.services.dirty.used(),
+                "user actors did not finish flushing before the shutdown deadline"
+            );
+            self.inner
+                .services
+                .metrics
+                .progress_lost
+                .inc_by(self.inner.services.dirty.used() as u64);
         }
         let threads = std::mem::take(&mut *self.inner.owned_threads.lock().expect("not poisoned"));
         for thread in threads {

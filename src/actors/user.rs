@@ -1,71 +1,285 @@
-//! The actor that owns one user's live stream slots.
+//! The actor that owns one user's state: live stream slots, and their library (watch
+//! progress and watchlist).
+//!
+//! Slots never touch the store, so heartbeats stay fast whatever the store does. The
+//! library is loaded on first use. Operations that wait on the store (loading, watchlist
+//! write-through) run one at a time per user under an async lock, while heartbeats and
+//! progress updates keep flowing: a slow store delays only what needs it.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message};
+use actix::fut::{ActorFutureExt, WrapFuture, ready};
+use actix::{
+    Actor, ActorContext, ActorResponse, AsyncContext, Context, Handler, Message, ResponseActFuture,
+};
 
 use super::registry::Registry;
-use crate::clock::Clock;
+use super::services::UserServices;
 use crate::domain::{
-    Accepted, LimitReached, Origin, SessionId, Slot, SlotRequest, StreamSlots, UserId,
+    Accepted, AssetId, BiEvent, EventRecord, LimitReached, Origin, ProgressBook, Seconds,
+    SessionId, Slot, SlotRequest, StreamSlots, Timestamp, UserId, Watchlist,
 };
-use crate::telemetry::Metrics;
+use crate::store::{ProgressItem, StoreError};
+
+/// Why a library operation could not be done; nothing changed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LibraryError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("too many unflushed progress updates on this node")]
+    TooManyUnflushed,
+    #[error("too many undelivered events on this node")]
+    OutboxFull,
+}
+
+struct Library {
+    progress: ProgressBook,
+    watchlist: Watchlist,
+}
 
 pub struct UserActor {
     user: UserId,
     slots: StreamSlots,
-    clock: Clock,
-    metrics: Arc<Metrics>,
+    library: Option<Library>,
+    /// Serializes operations that wait on the store, per user.
+    library_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Library operations and flushes still running; the actor must not retire under them.
+    pending: usize,
+    flushing: bool,
+    /// Set by `Shutdown`: flush everything, then stop, then signal `stopped`.
+    stopping: Option<tokio::sync::oneshot::Sender<()>>,
+    last_flush: Instant,
+    services: Arc<UserServices>,
     registry: Registry,
     last_activity: Instant,
 }
+
+type LibraryResult<T> = Result<T, LibraryError>;
 
 impl UserActor {
     pub(super) fn new(user: UserId, registry: Registry) -> UserActor {
         UserActor {
             user,
             slots: StreamSlots::default(),
-            clock: registry.clock().clone(),
-            metrics: registry.metrics().clone(),
+            library: None,
+            library_lock: Arc::new(tokio::sync::Mutex::new(())),
+            pending: 0,
+            flushing: false,
+            stopping: None,
+            last_flush: Instant::now(),
+            services: Arc::clone(registry.services()),
             registry,
             last_activity: Instant::now(),
         }
+    }
+
+    fn now(&self) -> Timestamp {
+        self.services.clock.now()
     }
 
     /// Runs `change` on the slots and keeps the active-streams gauge in step with it,
     /// counting slots that expired before the change separately from what it did.
     fn change_slots<R>(&mut self, change: impl FnOnce(&mut StreamSlots) -> R) -> R {
         self.last_activity = Instant::now();
-        let now = self.clock.now();
-        self.sweep_expired(now);
+        self.sweep_expired(self.now());
         let before = self.slots.held();
         let result = change(&mut self.slots);
         let after = self.slots.held();
-        self.metrics
+        self.services
+            .metrics
             .active_streams
             .add(after as i64 - before as i64);
         result
     }
 
-    fn sweep_expired(&mut self, now: crate::domain::Timestamp) {
+    fn sweep_expired(&mut self, now: Timestamp) {
         let expired = self.slots.sweep(now);
         if expired > 0 {
-            self.metrics.slots_expired.inc_by(expired as u64);
-            self.metrics.active_streams.sub(expired as i64);
+            let metrics = &self.services.metrics;
+            metrics.slots_expired.inc_by(expired as u64);
+            metrics.active_streams.sub(expired as i64);
         }
     }
 
-    /// Periodic upkeep: drop expired slots so gauges and idleness are current, and stop
-    /// when there is nothing left to own.
+    fn dirty(&self) -> usize {
+        self.library.as_ref().map_or(0, |l| l.progress.dirty())
+    }
+
+    /// Periodic upkeep: expire slots, flush when due, and retire when there is nothing
+    /// left to own.
     fn tick(&mut self, ctx: &mut Context<Self>) {
-        self.sweep_expired(self.clock.now());
+        self.sweep_expired(self.now());
         let idle = self.last_activity.elapsed() >= self.registry.settings().idle_timeout;
-        if idle && self.slots.held() == 0 && self.registry.retire(&self.user, &ctx.address()) {
-            self.metrics.passivations.inc();
+        let flush_due = self.last_flush.elapsed() >= self.services.flush_interval;
+        if self.dirty() > 0 && (flush_due || idle) {
+            self.start_flush(ctx);
+            return;
+        }
+        let quiet =
+            self.slots.held() == 0 && self.pending == 0 && !self.flushing && self.dirty() == 0;
+        if idle && quiet && self.registry.retire(&self.user, &ctx.address()) {
+            self.services.metrics.passivations.inc();
             tracing::debug!(user = %self.user, "user actor passivated");
             ctx.stop();
         }
+    }
+
+    /// Hands dirty progress to the flusher; on success marks it clean and emits the
+    /// `viewed` events it carries, on failure keeps it dirty for the next tick.
+    fn start_flush(&mut self, ctx: &mut Context<Self>) {
+        if self.flushing {
+            return;
+        }
+        let Some(library) = self.library.as_mut() else {
+            return;
+        };
+        let flush = library.progress.take_flush();
+        if flush.is_empty() {
+            return;
+        }
+        // Room for the events first: an event must never be dropped for lack of it.
+        let Some(room) = self.services.outbox.reserve(flush.viewed.len()) else {
+            library.progress.failed(flush);
+            tracing::warn!(user = %self.user, "outbox full; flush postponed");
+            return;
+        };
+        self.flushing = true;
+        self.last_flush = Instant::now();
+        let items: Vec<ProgressItem> = flush
+            .writes
+            .iter()
+            .map(|w| ProgressItem {
+                user: self.user.clone(),
+                asset: w.asset,
+                seconds: w.seconds,
+            })
+            .collect();
+        let flusher = self.services.flusher.clone();
+        let write = async move { flusher.write(items).await };
+        ctx.spawn(write.into_actor(self).map(move |stored, actor, ctx| {
+            actor.flushing = false;
+            let Some(library) = actor.library.as_mut() else {
+                return;
+            };
+            match stored {
+                Ok(()) => {
+                    let cleaned = library.progress.stored(&flush);
+                    actor.services.dirty.give_back(cleaned);
+                    let now = actor.services.clock.now();
+                    let events = flush
+                        .viewed
+                        .iter()
+                        .map(|(asset, rise)| actor.event(BiEvent::viewed(*asset, *rise), now))
+                        .collect();
+                    actor.services.outbox.publish(room, events);
+                    if actor.stopping.is_some() {
+                        actor.stop_when_flushed(ctx);
+                    }
+                }
+                Err(e) => {
+                    library.progress.failed(flush);
+                    tracing::warn!(user = %actor.user, error = %e, "progress flush failed; will retry");
+                    if actor.stopping.is_some() {
+                        // Shutting down with the store away: keep trying for as long as
+                        // the node's shutdown window lasts.
+                        let retry = actor.registry.settings().tick.min(std::time::Duration::from_secs(1));
+                        ctx.run_later(retry, |actor, ctx| actor.stop_when_flushed(ctx));
+                    }
+                }
+            }
+        }));
+    }
+
+    /// Flushes what is dirty, then stops (called again when each flush completes).
+    fn stop_when_flushed(&mut self, ctx: &mut Context<Self>) {
+        if self.dirty() > 0 {
+            self.start_flush(ctx);
+            if !self.flushing {
+                // Could not even start (outbox full): try again shortly.
+                let retry = self
+                    .registry
+                    .settings()
+                    .tick
+                    .min(std::time::Duration::from_secs(1));
+                ctx.run_later(retry, |actor, ctx| actor.stop_when_flushed(ctx));
+            }
+            return;
+        }
+        if !self.flushing {
+            ctx.stop();
+        }
+    }
+
+    fn event(&self, event: BiEvent, at: Timestamp) -> EventRecord {
+        EventRecord::new(event, self.user.clone(), at, uuid::Uuid::new_v4())
+    }
+
+    /// Runs `op` with the library loaded, one store-bound operation per user at a time.
+    fn with_library<T: 'static>(
+        &mut self,
+        op: impl FnOnce(&mut UserActor) -> ResponseActFuture<UserActor, LibraryResult<T>> + 'static,
+    ) -> ActorResponse<UserActor, LibraryResult<T>> {
+        self.last_activity = Instant::now();
+        self.pending += 1;
+        let lock = Arc::clone(&self.library_lock);
+        let store = Arc::clone(&self.services.store);
+        let user = self.user.clone();
+        let loaded = self.library.is_some();
+        let fut = async move {
+            let guard = lock.lock_owned().await;
+            let library = if loaded {
+                None
+            } else {
+                Some(store.load_library(&user).await)
+            };
+            (guard, library)
+        }
+        .into_actor(self)
+        .then(move |(guard, library), actor, _ctx| {
+            let loaded: LibraryResult<()> = match library {
+                // Another operation may have loaded it while this one waited.
+                Some(_) if actor.library.is_some() => Ok(()),
+                Some(Ok(stored)) => {
+                    actor.library = Some(Library {
+                        progress: ProgressBook::from_stored(stored.progress),
+                        watchlist: Watchlist::from_stored(stored.watchlist),
+                    });
+                    Ok(())
+                }
+                Some(Err(e)) => Err(e.into()),
+                None => Ok(()),
+            };
+            let work: ResponseActFuture<UserActor, LibraryResult<T>> = match loaded {
+                Ok(()) => op(actor),
+                Err(e) => Box::pin(ready(Err(e))),
+            };
+            work.map(move |result, actor: &mut UserActor, _| {
+                drop(guard);
+                actor.pending -= 1;
+                result
+            })
+        });
+        ActorResponse::r#async(fut)
+    }
+
+    /// Answers at once when the library is loaded (the common case, and the hot path of
+    /// progress updates), else loads it first.
+    fn on_library<T: 'static>(
+        &mut self,
+        op: impl FnOnce(&mut UserActor) -> LibraryResult<T> + 'static,
+    ) -> ActorResponse<UserActor, LibraryResult<T>> {
+        if self.library.is_some() {
+            self.last_activity = Instant::now();
+            return ActorResponse::reply(op(self));
+        }
+        self.with_library(move |actor| Box::pin(ready(op(actor))))
+    }
+
+    fn library(&mut self) -> &mut Library {
+        self.library
+            .as_mut()
+            .expect("library is loaded by with_library/on_library")
     }
 }
 
@@ -73,13 +287,24 @@ impl Actor for UserActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.metrics.active_users.inc();
+        self.services.metrics.active_users.inc();
         ctx.run_interval(self.registry.settings().tick, |actor, ctx| actor.tick(ctx));
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
-        self.metrics.active_users.dec();
-        self.metrics.active_streams.sub(self.slots.held() as i64);
+        let metrics = &self.services.metrics;
+        metrics.active_users.dec();
+        metrics.active_streams.sub(self.slots.held() as i64);
+        if let Some(stopped) = self.stopping.take() {
+            let _ = stopped.send(());
+        }
+        let unflushed = self.dirty();
+        if unflushed > 0 {
+            // Only reachable when the store stayed away for the whole shutdown window.
+            tracing::error!(user = %self.user, entries = unflushed, "stopped with unflushed progress");
+            metrics.progress_lost.inc_by(unflushed as u64);
+            self.services.dirty.give_back(unflushed);
+        }
     }
 }
 
@@ -92,7 +317,7 @@ impl Handler<Heartbeat> for UserActor {
     type Result = Result<Accepted, LimitReached>;
 
     fn handle(&mut self, Heartbeat(request): Heartbeat, _ctx: &mut Context<Self>) -> Self::Result {
-        let now = self.clock.now();
+        let now = self.now();
         self.change_slots(|slots| slots.heartbeat(now, request))
     }
 }
@@ -109,7 +334,7 @@ impl Handler<EndStream> for UserActor {
     type Result = bool;
 
     fn handle(&mut self, msg: EndStream, _ctx: &mut Context<Self>) -> bool {
-        let now = self.clock.now();
+        let now = self.now();
         self.change_slots(|slots| slots.release(now, msg.origin, msg.session.as_str(), None))
     }
 }
@@ -124,20 +349,175 @@ impl Handler<ListStreams> for UserActor {
 
     fn handle(&mut self, _msg: ListStreams, _ctx: &mut Context<Self>) -> Vec<Slot> {
         self.last_activity = Instant::now();
-        let now = self.clock.now();
+        let now = self.now();
         self.slots.live(now).cloned().collect()
     }
 }
 
-/// Stop now: the node is shutting down.
+/// Progress of one asset, or of all (`None`).
+#[derive(Message)]
+#[rtype(result = "LibraryResult<Vec<(AssetId, Seconds)>>")]
+pub struct GetProgress(pub Option<AssetId>);
+
+impl Handler<GetProgress> for UserActor {
+    type Result = ActorResponse<Self, LibraryResult<Vec<(AssetId, Seconds)>>>;
+
+    fn handle(
+        &mut self,
+        GetProgress(asset): GetProgress,
+        _ctx: &mut Context<Self>,
+    ) -> Self::Result {
+        self.on_library(move |actor| {
+            let progress = &actor.library().progress;
+            Ok(match asset {
+                Some(asset) => progress
+                    .get(&asset)
+                    .map(|s| (asset, s))
+                    .into_iter()
+                    .collect(),
+                None => {
+                    let mut all: Vec<_> = progress.iter().collect();
+                    all.sort_unstable();
+                    all
+                }
+            })
+        })
+    }
+}
+
+/// Record progress (write-behind).
+#[derive(Message)]
+#[rtype(result = "LibraryResult<()>")]
+pub struct SetProgress {
+    pub asset: AssetId,
+    pub seconds: Seconds,
+}
+
+impl Handler<SetProgress> for UserActor {
+    type Result = ActorResponse<Self, LibraryResult<()>>;
+
+    fn handle(&mut self, msg: SetProgress, _ctx: &mut Context<Self>) -> Self::Result {
+        self.on_library(move |actor| {
+            let services = Arc::clone(&actor.services);
+            let progress = &mut actor.library().progress;
+            if !progress.is_dirty(&msg.asset) && !services.dirty.take() {
+                services.metrics.progress_refused.inc();
+                return Err(LibraryError::TooManyUnflushed);
+            }
+            progress.set(msg.asset, msg.seconds);
+            services.metrics.progress_updates.inc();
+            Ok(())
+        })
+    }
+}
+
+/// Clear progress (write-behind); clearing what is not there is a no-op.
+#[derive(Message)]
+#[rtype(result = "LibraryResult<()>")]
+pub struct ClearProgress(pub AssetId);
+
+impl Handler<ClearProgress> for UserActor {
+    type Result = ActorResponse<Self, LibraryResult<()>>;
+
+    fn handle(
+        &mut self,
+        ClearProgress(asset): ClearProgress,
+        _ctx: &mut Context<Self>,
+    ) -> Self::Result {
+        self.on_library(move |actor| {
+            let services = Arc::clone(&actor.services);
+            let progress = &mut actor.library().progress;
+            if progress.get(&asset).is_none() {
+                return Ok(());
+            }
+            if !progress.is_dirty(&asset) && !services.dirty.take() {
+                services.metrics.progress_refused.inc();
+                return Err(LibraryError::TooManyUnflushed);
+            }
+            progress.delete(asset);
+            Ok(())
+        })
+    }
+}
+
+/// The watchlist, oldest addition first.
+#[derive(Message)]
+#[rtype(result = "LibraryResult<Vec<(AssetId, Timestamp)>>")]
+pub struct GetWatchlist;
+
+impl Handler<GetWatchlist> for UserActor {
+    type Result = ActorResponse<Self, LibraryResult<Vec<(AssetId, Timestamp)>>>;
+
+    fn handle(&mut self, _msg: GetWatchlist, _ctx: &mut Context<Self>) -> Self::Result {
+        self.on_library(|actor| Ok(actor.library().watchlist.items()))
+    }
+}
+
+/// Add to or remove from the watchlist: stored before it is acknowledged, and an event
+/// only when the store says the list really changed.
+#[derive(Message)]
+#[rtype(result = "LibraryResult<()>")]
+pub struct EditWatchlist {
+    pub asset: AssetId,
+    pub add: bool,
+}
+
+impl Handler<EditWatchlist> for UserActor {
+    type Result = ActorResponse<Self, LibraryResult<()>>;
+
+    fn handle(&mut self, msg: EditWatchlist, _ctx: &mut Context<Self>) -> Self::Result {
+        self.with_library(move |actor| {
+            let EditWatchlist { asset, add } = msg;
+            let Some(room) = actor.services.outbox.reserve(1) else {
+                return Box::pin(ready(Err(LibraryError::OutboxFull)));
+            };
+            let store = Arc::clone(&actor.services.store);
+            let user = actor.user.clone();
+            let at = actor.now();
+            let write = async move {
+                if add {
+                    store.add_to_watchlist(&user, asset, at).await
+                } else {
+                    store.remove_from_watchlist(&user, asset).await
+                }
+            };
+            Box::pin(write.into_actor(actor).map(move |changed, actor, _| {
+                let changed = changed?;
+                let watchlist = &mut actor.library().watchlist;
+                if add {
+                    watchlist.add(asset, at);
+                } else {
+                    watchlist.remove(&asset);
+                }
+                let events = if changed {
+                    let event = if add {
+                        BiEvent::AddedToWatchlist { asset_id: asset }
+                    } else {
+                        BiEvent::RemovedFromWatchlist { asset_id: asset }
+                    };
+                    vec![actor.event(event, at)]
+                } else {
+                    Vec::new()
+                };
+                actor.services.outbox.publish(room, events);
+                Ok(())
+            }))
+        })
+    }
+}
+
+/// Flush and stop: the node is shutting down. `stopped` fires once the actor has stopped.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub(super) struct Shutdown;
+pub(super) struct Shutdown {
+    pub stopped: tokio::sync::oneshot::Sender<()>,
+}
 
 impl Handler<Shutdown> for UserActor {
     type Result = ();
 
-    fn handle(&mut self, _msg: Shutdown, ctx: &mut Context<Self>) {
-        ctx.stop();
+    fn handle(&mut self, msg: Shutdown, ctx: &mut Context<Self>) {
+        self.stopping = Some(msg.stopped);
+        self.stop_when_flushed(ctx);
     }
 }

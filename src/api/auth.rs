@@ -1,7 +1,9 @@
 //! Who is calling a native route: the `sub` claim of the bearer JWT.
 //!
-//! The JWT was verified upstream (the gateway), as seed 000 specifies; here it is only
-//! decoded. Its optional `plan` claim selects the stream limit.
+//! By default the JWT was verified upstream (the gateway), as seed 000 specifies, and is
+//! only decoded here. With `auth.jwt_hs256_secret` or `auth.jwt_rs256_public_key_file`
+//! configured, the signature and `exp` are verified too. The optional `plan` claim
+//! selects the stream limit.
 
 use std::future::{Ready, ready};
 
@@ -21,6 +23,41 @@ use crate::domain::UserId;
 pub struct Caller {
     pub user: UserId,
     pub plan: Option<String>,
+}
+
+/// Verifies bearer tokens when a key is configured.
+pub struct JwtVerifier {
+    key: jsonwebtoken::DecodingKey,
+    validation: jsonwebtoken::Validation,
+}
+
+impl JwtVerifier {
+    pub fn hs256(secret: &str) -> JwtVerifier {
+        JwtVerifier {
+            key: jsonwebtoken::DecodingKey::from_secret(secret.as_bytes()),
+            validation: jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256),
+        }
+    }
+
+    pub fn rs256_pem(pem: &[u8]) -> Result<JwtVerifier, String> {
+        let key = jsonwebtoken::DecodingKey::from_rsa_pem(pem)
+            .map_err(|e| format!("not an RSA public key: {e}"))?;
+        Ok(JwtVerifier {
+            key,
+            validation: jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256),
+        })
+    }
+
+    fn verify(&self, token: &str) -> Result<Claims, ApiError> {
+        jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+            .map(|data| data.claims)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
+                    ApiError::Unauthorized("bearer token has expired")
+                }
+                _ => ApiError::Unauthorized("bearer token failed verification"),
+            })
+    }
 }
 
 #[derive(Deserialize)]
@@ -55,7 +92,11 @@ fn caller(req: &HttpRequest) -> Result<Caller, ApiError> {
         .ok_or(ApiError::Unauthorized(
             "authorization must be a bearer token",
         ))?;
-    let claims = decode_claims(token)?;
+    let state = req.app_data::<actix_web::web::Data<AppState>>();
+    let claims = match state.and_then(|s| s.jwt.as_ref()) {
+        Some(verifier) => verifier.verify(token)?,
+        None => decode_claims(token)?,
+    };
     let sub = match claims.sub {
         Some(serde_json::Value::String(sub)) => sub,
         _ => return Err(ApiError::Unauthorized("token has no string sub claim")),
@@ -64,7 +105,7 @@ fn caller(req: &HttpRequest) -> Result<Caller, ApiError> {
         .map_err(|_| ApiError::Unauthorized("token sub is not a valid user id"))?;
     super::middleware::note_user(req, &user);
     let plan = claims.plan.or_else(|| {
-        req.app_data::<actix_web::web::Data<AppState>>()
+        state
             .and_then(|state| state.trusted_plan(req))
             .map(str::to_owned)
     });

@@ -15,7 +15,7 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
 use crate::domain::{IdError, LimitReached, UserId};
-use crate::users::StreamError;
+use crate::users::{LibraryCallError, StreamError};
 
 /// How a contract spells its errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +36,7 @@ pub enum FieldProblem {
     Missing,
     NotString,
     NotInteger,
+    NotUuid,
     Empty,
     TooLong { max: usize, unit: &'static str },
     ControlCharacter,
@@ -73,6 +74,8 @@ pub enum ApiError {
         refusal: LimitReached,
     },
     NotFound(String),
+    /// A value outside the range the resource allows (416).
+    OutOfRange(String),
     Unavailable(String),
 }
 
@@ -98,6 +101,7 @@ impl ApiError {
                 Dialect::VideoStreams => StatusCode::FORBIDDEN,
             },
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::OutOfRange(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -128,7 +132,7 @@ impl ApiError {
                 }
                 Dialect::VideoStreams => "User watching too many video streams.".to_owned(),
             },
-            ApiError::NotFound(what) => what.clone(),
+            ApiError::NotFound(what) | ApiError::OutOfRange(what) => what.clone(),
             ApiError::Unavailable(why) => format!("temporarily unavailable: {why}"),
         }
     }
@@ -221,6 +225,18 @@ impl From<StreamError> for ApiError {
     }
 }
 
+impl From<LibraryCallError> for ApiError {
+    fn from(error: LibraryCallError) -> Self {
+        ApiError::Unavailable(error.to_string())
+    }
+}
+
+impl<D> From<LibraryCallError> for Failure<D> {
+    fn from(error: LibraryCallError) -> Self {
+        Failure(error.into(), PhantomData)
+    }
+}
+
 impl<D> From<StreamError> for Failure<D> {
     fn from(error: StreamError) -> Self {
         Failure(error.into(), PhantomData)
@@ -255,6 +271,7 @@ fn field_message(dialect: Dialect, field: &str, problem: FieldProblem) -> String
         (Dialect::Streamy, FieldProblem::Missing) => format!("\"{field}\" is required"),
         (Dialect::Streamy, FieldProblem::NotString) => format!("\"{field}\" must be a string"),
         (Dialect::Streamy, FieldProblem::NotInteger) => format!("\"{field}\" must be a number"),
+        (Dialect::Streamy, FieldProblem::NotUuid) => format!("\"{field}\" must be a valid GUID"),
         (Dialect::Streamy, FieldProblem::Empty) => {
             format!("\"{field}\" is not allowed to be empty")
         }
@@ -270,7 +287,8 @@ fn field_message(dialect: Dialect, field: &str, problem: FieldProblem) -> String
         }
         (_, FieldProblem::Missing) => format!("{field} is required"),
         (_, FieldProblem::NotString) => format!("{field} must be a string"),
-        (_, FieldProblem::NotInteger) => format!("{field} must be a non-negative integer"),
+        (_, FieldProblem::NotInteger) => format!("{field} must be an integer"),
+        (_, FieldProblem::NotUuid) => format!("{field} must be a UUID"),
         (_, FieldProblem::Empty) => format!("{field} must not be empty"),
         (_, FieldProblem::TooLong { max, unit }) => format!("{field} must be at most {max} {unit}"),
         (_, FieldProblem::ControlCharacter) => {

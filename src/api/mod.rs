@@ -15,8 +15,11 @@ use std::sync::Arc;
 use actix_web::http::header::HeaderName;
 use actix_web::{HttpRequest, Resource, web};
 
+use crate::catalog::Catalog;
 use crate::clock::Clock;
 use crate::config::RequestLog;
+use crate::domain::Seconds;
+use crate::store::UserStore;
 use crate::telemetry::Metrics;
 use crate::users::Users;
 
@@ -29,6 +32,13 @@ pub struct AppState {
     /// The header a trusted gateway sets to choose the caller's plan, if trusted.
     pub plan_header: Option<HeaderName>,
     pub request_log: RequestLog,
+    pub catalog: Catalog,
+    /// Progress above this is refused with 416.
+    pub max_progress_seconds: Seconds,
+    /// Verifies bearer tokens when configured; else they are only decoded.
+    pub jwt: Option<auth::JwtVerifier>,
+    /// Checked by `/ready`.
+    pub store: Arc<dyn UserStore>,
 }
 
 impl AppState {

@@ -25,9 +25,17 @@ async fn health() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "OK" }))
 }
 
-/// 200 only when this node can serve player traffic.
-async fn ready() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({ "status": "ready" }))
+/// 200 only when this node can serve player traffic: its store answers.
+async fn ready(state: web::Data<AppState>) -> HttpResponse {
+    let check = tokio::time::timeout(std::time::Duration::from_secs(2), state.store.check()).await;
+    match check {
+        Ok(Ok(())) => HttpResponse::Ok().json(serde_json::json!({ "status": "ready" })),
+        Ok(Err(e)) => HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({ "status": "unavailable", "reason": e.to_string() })),
+        Err(_) => HttpResponse::ServiceUnavailable().json(
+            serde_json::json!({ "status": "unavailable", "reason": "store check timed out" }),
+        ),
+    }
 }
 
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {

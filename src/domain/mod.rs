@@ -1,12 +1,20 @@
 //! Pure rules of playstate: no async, no I/O, no clocks. Everything here takes the time it
 //! needs as an argument, which is what makes it cheap to test exhaustively.
 
+pub mod asset;
+pub mod events;
 pub mod ids;
 pub mod policy;
+pub mod progress;
 pub mod slots;
 pub mod time;
+pub mod watchlist;
 
+pub use asset::{AssetId, NotAUuid};
+pub use events::{BiEvent, EventRecord};
 pub use ids::{Id, IdError, PlanName, SessionId, StreamId, UserId};
 pub use policy::StreamPolicy;
+pub use progress::{Flush, ProgressBook, Rise, Seconds};
 pub use slots::{Accepted, HeartbeatOutcome, LimitReached, Origin, Slot, SlotRequest, StreamSlots};
 pub use time::{Millis, Timestamp};
+pub use watchlist::Watchlist;

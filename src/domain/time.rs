@@ -40,6 +40,32 @@ impl Timestamp {
     }
 }
 
+impl Timestamp {
+    /// Parses RFC 3339 (any offset) to milliseconds since the epoch.
+    pub fn parse_rfc3339(raw: &str) -> Option<Timestamp> {
+        let t = time::OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339)
+            .ok()?;
+        u64::try_from(t.unix_timestamp_nanos() / 1_000_000)
+            .ok()
+            .map(Timestamp)
+    }
+}
+
+/// Serialized as RFC 3339, as every timestamp on playstate's wire is.
+impl serde::Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_rfc3339())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Timestamp::parse_rfc3339(&raw)
+            .ok_or_else(|| serde::de::Error::custom("not an RFC 3339 time"))
+    }
+}
+
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.to_rfc3339())
@@ -63,6 +89,17 @@ mod tests {
             Timestamp(1_795_000_000_123).to_rfc3339(),
             "2026-11-18T11:06:40.123Z"
         );
+    }
+
+    #[test]
+    fn rfc3339_round_trips() {
+        let t = Timestamp(1_795_000_000_123);
+        assert_eq!(Timestamp::parse_rfc3339(&t.to_rfc3339()), Some(t));
+        assert_eq!(
+            Timestamp::parse_rfc3339("2026-11-18T12:06:40.123+01:00"),
+            Some(t)
+        );
+        assert_eq!(Timestamp::parse_rfc3339("yesterday"), None);
     }
 
     #[test]

@@ -1,0 +1,106 @@
+//! Events to an SQS queue with SendMessageBatch. Each message body is one event record;
+//! its `eventId` lets the consumer drop the duplicates that at-least-once delivery allows.
+
+use async_trait::async_trait;
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::error::DisplayErrorContext;
+use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+
+use super::{EventSink, NotDelivered};
+use crate::domain::EventRecord;
+
+pub struct SqsSink {
+    client: Client,
+    queue_url: String,
+}
+
+impl SqsSink {
+    /// Resolves the queue by URL, or by name (creating it when `create` is set, for
+    /// development).
+    pub async fn connect(
+        sdk: &aws_config::SdkConfig,
+        queue_url: &str,
+        queue_name: &str,
+        create: bool,
+    ) -> Result<SqsSink, String> {
+        let client = Client::new(sdk);
+        let queue_url = resolve_queue(&client, queue_url, queue_name, create).await?;
+        Ok(SqsSink { client, queue_url })
+    }
+}
+
+/// A queue URL from the configured URL or name.
+pub async fn resolve_queue(
+    client: &Client,
+    url: &str,
+    name: &str,
+    create: bool,
+) -> Result<String, String> {
+    if !url.is_empty() {
+        return Ok(url.to_owned());
+    }
+    if create {
+        let created = client
+            .create_queue()
+            .queue_name(name)
+            .send()
+            .await
+            .map_err(|e| format!("cannot create queue {name}: {}", DisplayErrorContext(e)))?;
+        return created
+            .queue_url
+            .ok_or_else(|| format!("queue {name} was created without a URL"));
+    }
+    let found = client
+        .get_queue_url()
+        .queue_name(name)
+        .send()
+        .await
+        .map_err(|e| format!("cannot find queue {name}: {}", DisplayErrorContext(e)))?;
+    found
+        .queue_url
+        .ok_or_else(|| format!("queue {name} has no URL"))
+}
+
+#[async_trait]
+impl EventSink for SqsSink {
+    async fn deliver(&self, batch: &[EventRecord]) -> Result<(), NotDelivered> {
+        let mut entries = Vec::with_capacity(batch.len());
+        for (i, record) in batch.iter().enumerate() {
+            let body = serde_json::to_string(record)
+                .map_err(|e| NotDelivered::all(batch, e.to_string()))?;
+            let entry = SendMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .message_body(body)
+                .build()
+                .map_err(|e| NotDelivered::all(batch, e.to_string()))?;
+            entries.push(entry);
+        }
+        let response = self
+            .client
+            .send_message_batch()
+            .queue_url(&self.queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|e| NotDelivered::all(batch, DisplayErrorContext(e).to_string()))?;
+        let failed: Vec<usize> = response
+            .failed
+            .iter()
+            .filter_map(|f| f.id.parse().ok())
+            .collect();
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            let reason = response
+                .failed
+                .first()
+                .map(|f| format!("{}: {}", f.code, f.message.as_deref().unwrap_or("")))
+                .unwrap_or_default();
+            Err(NotDelivered { failed, reason })
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "sqs"
+    }
+}

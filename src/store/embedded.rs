@@ -1,0 +1,234 @@
+//! The embedded store: one redb file under the data dir. A real backend for a single
+//! machine (and the default), not a test double: ACID, crash-safe, survives restarts.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::{ProgressItem, StoreError, StoredLibrary, UserStore};
+use crate::domain::{AssetId, Timestamp, UserId};
+
+/// Keys are `user NUL asset`: user ids never contain control characters, so a user's
+/// records are one contiguous key range.
+const PROGRESS: TableDefinition<&str, u32> = TableDefinition::new("progress");
+const WATCHLIST: TableDefinition<&str, u64> = TableDefinition::new("watchlist");
+
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+}
+
+fn key(user: &UserId, asset: &AssetId) -> String {
+    format!("{}\0{}", user.as_str(), asset)
+}
+
+/// The key range of one user: from `user NUL` up to (not including) `user SOH`.
+fn user_range(user: &UserId) -> (String, String) {
+    (
+        format!("{}\0", user.as_str()),
+        format!("{}\u{1}", user.as_str()),
+    )
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn asset_of(key: &str) -> Result<AssetId, StoreError> {
+    let (_, asset) = key
+        .split_once('\0')
+        .ok_or_else(|| StoreError::Corrupt(format!("key without separator: {key:?}")))?;
+    AssetId::parse(asset).map_err(|_| StoreError::Corrupt(format!("bad asset in key {key:?}")))
+}
+
+impl EmbeddedStore {
+    pub fn open(path: &Path) -> Result<EmbeddedStore, StoreError> {
+        let db = Database::create(path)
+            .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+        // Create the tables up front so reads never meet a missing table.
+        let txn = db.begin_write().map_err(unavailable)?;
+        txn.open_table(PROGRESS).map_err(unavailable)?;
+        txn.open_table(WATCHLIST).map_err(unavailable)?;
+        txn.commit().map_err(unavailable)?;
+        Ok(EmbeddedStore { db: Arc::new(db) })
+    }
+
+    /// Runs blocking redb work off the async threads.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let db = Arc::clone(&self.db);
+        tokio::task::spawn_blocking(move || work(&db))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+    }
+}
+
+#[async_trait]
+impl UserStore for EmbeddedStore {
+    async fn load_library(&self, user: &UserId) -> Result<StoredLibrary, StoreError> {
+        let (from, to) = user_range(user);
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let mut library = StoredLibrary::default();
+            let progress = txn.open_table(PROGRESS).map_err(unavailable)?;
+            for row in progress
+                .range(from.as_str()..to.as_str())
+                .map_err(unavailable)?
+            {
+                let (k, v) = row.map_err(unavailable)?;
+                library.progress.push((asset_of(k.value())?, v.value()));
+            }
+            let watchlist = txn.open_table(WATCHLIST).map_err(unavailable)?;
+            for row in watchlist
+                .range(from.as_str()..to.as_str())
+                .map_err(unavailable)?
+            {
+                let (k, v) = row.map_err(unavailable)?;
+                library
+                    .watchlist
+                    .push((asset_of(k.value())?, Timestamp(v.value())));
+            }
+            Ok(library)
+        })
+        .await
+    }
+
+    async fn write_progress(&self, items: &[ProgressItem]) -> Result<(), StoreError> {
+        let writes: Vec<(String, Option<u32>)> = items
+            .iter()
+            .map(|item| (key(&item.user, &item.asset), item.seconds))
+            .collect();
+        self.blocking(move |db| {
+            // One transaction, one fsync, for the whole batch: the flusher groups many
+            // users' writes precisely so that this stays cheap.
+            let txn = db.begin_write().map_err(unavailable)?;
+            {
+                let mut table = txn.open_table(PROGRESS).map_err(unavailable)?;
+                for (k, seconds) in &writes {
+                    match seconds {
+                        Some(s) => table.insert(k.as_str(), *s).map(|_| ()),
+                        None => table.remove(k.as_str()).map(|_| ()),
+                    }
+                    .map_err(unavailable)?;
+                }
+            }
+            txn.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn add_to_watchlist(
+        &self,
+        user: &UserId,
+        asset: AssetId,
+        added_at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let k = key(user, &asset);
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(unavailable)?;
+            let added = {
+                let mut table = txn.open_table(WATCHLIST).map_err(unavailable)?;
+                let present = table.get(k.as_str()).map_err(unavailable)?.is_some();
+                if !present {
+                    table.insert(k.as_str(), added_at.0).map_err(unavailable)?;
+                }
+                !present
+            };
+            txn.commit().map_err(unavailable)?;
+            Ok(added)
+        })
+        .await
+    }
+
+    async fn remove_from_watchlist(
+        &self,
+        user: &UserId,
+        asset: AssetId,
+    ) -> Result<bool, StoreError> {
+        let k = key(user, &asset);
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(unavailable)?;
+            let removed = {
+                let mut table = txn.open_table(WATCHLIST).map_err(unavailable)?;
+                table.remove(k.as_str()).map_err(unavailable)?.is_some()
+            };
+            txn.commit().map_err(unavailable)?;
+            Ok(removed)
+        })
+        .await
+    }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        self.blocking(|db| db.begin_read().map(|_| ()).map_err(unavailable))
+            .await
+    }
+
+    fn backend(&self) -> &'static str {
+        "embedded"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn asset(n: u8) -> AssetId {
+        AssetId::parse(&format!("00000000-0000-4000-8000-0000000000{n:02}")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn stores_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let alice = UserId::parse("alice").unwrap();
+        let alicia = UserId::parse("alice2").unwrap();
+        {
+            let store = EmbeddedStore::open(&path).unwrap();
+            let item = |user: &UserId, n, s| ProgressItem {
+                user: user.clone(),
+                asset: asset(n),
+                seconds: s,
+            };
+            store
+                .write_progress(&[
+                    item(&alice, 1, Some(10)),
+                    item(&alice, 2, Some(20)),
+                    item(&alicia, 1, Some(99)),
+                ])
+                .await
+                .unwrap();
+            store
+                .write_progress(&[item(&alice, 2, None)])
+                .await
+                .unwrap();
+            assert!(
+                store
+                    .add_to_watchlist(&alice, asset(3), Timestamp(5))
+                    .await
+                    .unwrap()
+            );
+            assert!(
+                !store
+                    .add_to_watchlist(&alice, asset(3), Timestamp(6))
+                    .await
+                    .unwrap()
+            );
+            assert!(
+                store
+                    .add_to_watchlist(&alice, asset(4), Timestamp(7))
+                    .await
+                    .unwrap()
+            );
+            assert!(store.remove_from_watchlist(&alice, asset(4)).await.unwrap());
+            assert!(!store.remove_from_watchlist(&alice, asset(4)).await.unwrap());
+        }
+        let store = EmbeddedStore::open(&path).unwrap();
+        let library = store.load_library(&alice).await.unwrap();
+        assert_eq!(library.progress, vec![(asset(1), 10)]);
+        assert_eq!(library.watchlist, vec![(asset(3), Timestamp(5))]);
+        store.check().await.unwrap();
+    }
+}
