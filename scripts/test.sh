@@ -31,8 +31,8 @@ for _ in $(seq 1 100); do
 done
 echo "moto server on 127.0.0.1:$MOTO_PORT (pid $MOTO_PID)"
 # The tests read these: the shared emulator, and how to start a private one.
-export PLAYSTATE_TEST_AWS_ENDPOINT="http://127.0.0.1:$MOTO_PORT"
-export PLAYSTATE_TEST_MOTO_SERVER="$PWD/$VENV/bin/moto_server"
+export TEST_AWS_ENDPOINT="http://127.0.0.1:$MOTO_PORT"
+export TEST_MOTO_SERVER="$PWD/$VENV/bin/moto_server"
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -1,0 +1,217 @@
+//! Starting nodes and talking to them.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::Value;
+
+/// How long a test polls for something that should happen within a second or two.
+pub const DEADLINE: Duration = Duration::from_secs(15);
+
+/// A running node. Stopped with SIGTERM when dropped.
+pub struct TestNode {
+    child: Option<Child>,
+    pub addr: String,
+    pub client: reqwest::Client,
+    pub data_dir: PathBuf,
+    config_file: PathBuf,
+    logs: Arc<Mutex<Vec<String>>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestNode {
+    /// A node with the compiled-in defaults plus `config` (TOML).
+    pub async fn spawn(config: &str) -> TestNode {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data_dir = dir.path().join("data");
+        let config_file = dir.path().join("node.toml");
+        std::fs::write(&config_file, config).expect("write config");
+        let mut node = TestNode::start(&data_dir, &config_file).await;
+        node._dir = Some(dir);
+        node
+    }
+
+    async fn start(data_dir: &Path, config_file: &Path) -> TestNode {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_playstate"))
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .arg("--config")
+            .arg(config_file)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start playstate");
+        let stdout = child.stdout.take().expect("stdout");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let sink = Arc::clone(&logs);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(json) = serde_json::from_str::<Value>(&line)
+                    && json["message"] == "listening"
+                {
+                    let _ = addr_tx.send(json["addr"].as_str().unwrap_or_default().to_owned());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = match addr_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "node did not start; logs:\n{}",
+                    logs.lock().unwrap().join("\n")
+                );
+            }
+        };
+        TestNode {
+            child: Some(child),
+            addr: format!("http://{addr}"),
+            client: reqwest::Client::new(),
+            data_dir: data_dir.to_path_buf(),
+            config_file: config_file.to_path_buf(),
+            logs,
+            _dir: None,
+        }
+    }
+
+    /// SIGTERM, wait for a clean exit (asserted), and start again on the same data.
+    pub async fn restart(mut self) -> TestNode {
+        self.stop();
+        let mut next = TestNode::start(&self.data_dir, &self.config_file).await;
+        next._dir = self._dir.take();
+        next
+    }
+
+    /// SIGTERM and wait; panics unless the node exits 0 within the deadline.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        signal(child.id(), "-TERM");
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                assert!(
+                    status.success(),
+                    "node exited with {status}; logs:\n{}",
+                    self.logs()
+                );
+                return;
+            }
+            if started.elapsed() > Duration::from_secs(40) {
+                let _ = child.kill();
+                panic!("node did not stop after SIGTERM; logs:\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.addr)
+    }
+
+    /// A request as `user` (bearer token with `sub = user`).
+    pub fn as_user(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        user: &str,
+    ) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, self.url(path))
+            .header("authorization", format!("Bearer {}", unsigned_token(user)))
+    }
+
+    /// The metrics, by series (`name{labels}`), summed over nothing: one value per series.
+    pub async fn metrics(&self) -> HashMap<String, f64> {
+        let text = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics body");
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .filter_map(|l| {
+                let (series, value) = l.rsplit_once(' ')?;
+                Some((series.to_owned(), value.parse().ok()?))
+            })
+            .collect()
+    }
+
+    pub async fn metric(&self, series: &str) -> f64 {
+        self.metrics().await.get(series).copied().unwrap_or(0.0)
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id(), "-TERM");
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(10) {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill").arg(sig).arg(pid.to_string()).status();
+}
+
+/// A JWT that is only decoded (no key configured): `{"alg":"none"}` header, `sub` claim.
+pub fn unsigned_token(user: &str) -> String {
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#);
+    let claims = URL_SAFE_NO_PAD.encode(serde_json::json!({ "sub": user }).to_string());
+    format!("{header}.{claims}.sig")
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `DEADLINE`.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A fresh asset id.
+pub fn asset() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// A fresh user id, so tests sharing an emulator never see each other's data.
+pub fn user() -> String {
+    format!("user-{}", uuid::Uuid::new_v4())
+}

@@ -1,0 +1,8 @@
+//! Black-box tests: each starts the real `playstate` binary on a free port (and, where
+//! needed, talks to the moto emulator that scripts/test.sh runs) and speaks HTTP to it.
+
+mod aws;
+mod helpers;
+mod library;
+mod library_dynamo;
+mod outage;

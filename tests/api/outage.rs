@@ -1,0 +1,81 @@
+//! The store and queue go away and come back: nothing acknowledged is lost, and
+//! everything pending is delivered.
+
+use reqwest::Method;
+use serde_json::json;
+
+use super::aws::{AwsFixture, PrivateEmulator};
+use super::helpers::{TestNode, asset, eventually, user};
+
+#[tokio::test]
+async fn an_emulator_outage_loses_nothing() {
+    let mut emulator = PrivateEmulator::start().await;
+    let aws = AwsFixture::new(&emulator.endpoint()).await;
+    let node = TestNode::spawn(
+        &aws.node_config("[progress]\nflush_interval = \"300ms\"\n[actors]\ntick = \"100ms\"\n"),
+    )
+    .await;
+    let (u, kept, refused) = (user(), asset(), asset());
+    let watchlist = |m: Method, a: &str| node.as_user(m, &format!("/v1/watchlist/{a}"), &u).send();
+    assert_eq!(watchlist(Method::PUT, &kept).await.unwrap().status(), 200);
+    assert_eq!(aws.events(1).await[0]["event"], "added-to-watchlist");
+
+    emulator.stop();
+    let errors_before = node.metric("playstate_store_errors_total").await;
+    // Write-through refuses what it cannot store...
+    let put = watchlist(Method::PUT, &refused).await.unwrap();
+    assert_eq!(put.status(), 503);
+    assert!(put.headers().contains_key("retry-after"));
+    assert_eq!(
+        watchlist(Method::DELETE, &kept).await.unwrap().status(),
+        503
+    );
+    // ...while write-behind accepts and keeps it dirty.
+    for seconds in [30, 90] {
+        let put = node
+            .as_user(Method::PUT, &format!("/v1/progress/{kept}"), &u)
+            .json(&json!({ "progress": seconds }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(put.status(), 200);
+    }
+    eventually("a failed flush", || async {
+        let m = node.metrics().await;
+        (m["playstate_flush_failures_total"] >= 1.0 && m["playstate_progress_dirty_entries"] == 1.0)
+            .then_some(())
+    })
+    .await;
+    assert!(node.metric("playstate_store_errors_total").await > errors_before);
+    let ready = node.client.get(node.url("/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+
+    // The emulator comes back empty, as a fresh region would; the operator recreates.
+    let _emulator = PrivateEmulator::start_on(emulator.port).await;
+    aws.recreate().await;
+    eventually("the dirty progress to be stored", || async {
+        (aws.stored_progress(&u, &kept).await == Some(90)).then_some(())
+    })
+    .await;
+    let events = aws.events(1).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["event"], "viewed");
+    assert_eq!(
+        (&events[0]["oldProgress"], &events[0]["newProgress"]),
+        (&json!(0), &json!(90))
+    );
+    assert_eq!(node.metric("playstate_progress_dirty_entries").await, 0.0);
+    let ready = node.client.get(node.url("/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    // The refused edit changed nothing: the watchlist is as it was before the outage.
+    let list: serde_json::Value = node
+        .as_user(Method::GET, "/v1/watchlist", &u)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["asset"], kept.as_str());
+}
