@@ -45,6 +45,13 @@ impl serde::Serialize for AssetId {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for AssetId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        AssetId::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,12 +75,5 @@ mod tests {
         ] {
             assert_eq!(AssetId::parse(bad), Err(NotAUuid), "{bad}");
         }
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for AssetId {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let raw = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        AssetId::parse(&raw).map_err(serde::de::Error::custom)
     }
 }
