@@ -23,6 +23,7 @@ pub struct Config {
     pub progress: ProgressConfig,
     pub events: EventsConfig,
     pub catalog: CatalogConfig,
+    pub trailers: TrailersConfig,
     pub auth: AuthConfig,
     pub streams: StreamsConfig,
     pub actors: ActorsConfig,
@@ -132,6 +133,32 @@ pub struct CatalogConfig {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
+pub struct TrailersConfig {
+    pub tmdb_token: String,
+    pub tmdb_base_url: String,
+    pub content_url_prefix: String,
+    #[serde(with = "humantime_serde")]
+    pub refresh_after: Duration,
+    pub refresh_per_second: u32,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    pub attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub poll_wait: Duration,
+    pub queue: QueueConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    pub queue_url: String,
+    pub queue_name: String,
+    pub create_queue: bool,
+    pub dead_letter_queue_url: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     pub jwt_hs256_secret: String,
     pub jwt_rs256_public_key_file: PathBuf,
@@ -198,6 +225,7 @@ pub struct LogConfig {
 #[serde(deny_unknown_fields)]
 pub struct DevConfig {
     pub manual_clock: bool,
+    pub endpoints: bool,
 }
 
 /// Command-line values that beat every other source.
@@ -316,6 +344,25 @@ impl Config {
             return invalid(
                 "auth",
                 "set jwt_hs256_secret or jwt_rs256_public_key_file, not both",
+            );
+        }
+        let trailers = &self.trailers;
+        if trailers.content_url_prefix.is_empty() {
+            return invalid("trailers.content_url_prefix", "must not be empty");
+        }
+        if !trailers.tmdb_token.is_empty() && !trailers.tmdb_base_url.starts_with("http") {
+            return invalid("trailers.tmdb_base_url", "must be an http(s) URL");
+        }
+        if trailers.refresh_after.is_zero() {
+            return invalid("trailers.refresh_after", "must be longer than 0");
+        }
+        if trailers.attempts == 0 {
+            return invalid("trailers.attempts", "must be at least 1");
+        }
+        if trailers.poll_wait > Duration::from_secs(20) {
+            return invalid(
+                "trailers.poll_wait",
+                "must be at most 20s (the SQS maximum)",
             );
         }
         if self.cluster.node_id == 0 {

@@ -16,4 +16,5 @@ pub mod retry;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod trailers;
 pub mod users;

@@ -14,43 +14,153 @@ use std::time::Duration;
 
 use crate::actors::{ActorSettings, DirtyBudget, Flusher, Registry, UserServices};
 use crate::api::auth::JwtVerifier;
-use crate::api::{self, AppState};
+use crate::api::trailers::TrailersApi;
+use crate::api::{self, AppState, DevRoutes};
 use crate::catalog::Catalog;
 use crate::clock::Clock;
 use crate::cluster::{NodeId, Router, ShardTable};
 use crate::config::{CatalogKind, Config, EventSinkKind, StoreBackend, threads_or_cores};
+use crate::domain::ContentUrl;
 use crate::domain::StreamPolicy;
 use crate::events::file::FileSink;
 use crate::events::sqs::SqsSink;
+use crate::events::sqs::resolve_queue;
 use crate::events::{EventSink, Outbox};
+use crate::retry;
 use crate::store::dynamo::DynamoStore;
 use crate::store::embedded::EmbeddedStore;
-use crate::store::{MeteredStore, UserStore};
+use crate::store::{MeteredStore, TrailerStore, UserStore};
 use crate::telemetry::Metrics;
+use crate::trailers::{LocalTrailerCache, Onboarding, Resolver, TrailerCache, refresher};
 use crate::users::Users;
 
 fn startup_error(what: impl std::fmt::Display) -> io::Error {
     io::Error::other(what.to_string())
 }
 
+/// The configured store adapter, as both of the ports it serves.
 async fn open_store(
     config: &Config,
     sdk: Option<&aws_config::SdkConfig>,
-) -> io::Result<Arc<dyn UserStore>> {
+) -> io::Result<(Arc<dyn UserStore>, Arc<dyn TrailerStore>)> {
     Ok(match (config.store.backend, sdk) {
         (StoreBackend::Dynamodb, Some(sdk)) => {
             let dynamo = &config.store.dynamodb;
-            Arc::new(
+            let store = Arc::new(
                 DynamoStore::connect(sdk, &dynamo.table, dynamo.create_table)
                     .await
                     .map_err(startup_error)?,
-            )
+            );
+            (store.clone(), store)
         }
         _ => {
             let path = config.storage.data_dir.join("playstate.redb");
-            Arc::new(EmbeddedStore::open(&path).map_err(startup_error)?)
+            let store = Arc::new(EmbeddedStore::open(&path).map_err(startup_error)?);
+            (store.clone(), store)
         }
     })
+}
+
+/// Fills the trailer cache from the store, retrying until the store answers.
+async fn fill_trailer_cache(store: Arc<dyn TrailerStore>, cache: Arc<dyn TrailerCache>) {
+    let mut attempt = 0;
+    loop {
+        match store.all_trailers().await {
+            Ok(entries) => {
+                let count = entries.len();
+                for entry in entries {
+                    if let Some(url) = ContentUrl::parse(&entry.url, "") {
+                        cache.put(url.key(), entry);
+                    }
+                }
+                tracing::info!(entries = count, "trailer cache filled from the store");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read trailers from the store yet");
+                tokio::time::sleep(retry::backoff(
+                    attempt,
+                    Duration::from_millis(500),
+                    Duration::from_secs(30),
+                ))
+                .await;
+                attempt += 1;
+            }
+        }
+    }
+}
+
+/// Starts onboarding (consumer and refresher) when a TMDB token is configured, and
+/// returns the new-content queue for the publish utility when it is enabled.
+async fn start_trailers(
+    config: &Config,
+    sdk: Option<&aws_config::SdkConfig>,
+    store: Arc<dyn TrailerStore>,
+    cache: Arc<dyn TrailerCache>,
+    clock: Clock,
+    metrics: Arc<Metrics>,
+) -> io::Result<Option<(aws_sdk_sqs::Client, String)>> {
+    let trailers = &config.trailers;
+    let onboarding_on = !trailers.tmdb_token.is_empty();
+    if !onboarding_on {
+        tracing::info!(
+            "trailer onboarding is off: trailers.tmdb_token is empty (reads still work)"
+        );
+    }
+    if !onboarding_on && !config.dev.endpoints {
+        return Ok(None);
+    }
+    let Some(sdk) = sdk else {
+        return Ok(None);
+    };
+    let sqs = aws_sdk_sqs::Client::new(sdk);
+    let queue = &trailers.queue;
+    let queue_url = match resolve_queue(
+        &sqs,
+        &queue.queue_url,
+        &queue.queue_name,
+        queue.create_queue,
+    )
+    .await
+    {
+        Ok(url) => url,
+        Err(e) => {
+            tracing::error!(error = %e, "new-content queue unavailable: trailer onboarding is off");
+            return Ok(None);
+        }
+    };
+    if onboarding_on {
+        let resolver = Resolver::new(
+            &trailers.tmdb_base_url,
+            &trailers.tmdb_token,
+            trailers.request_timeout,
+            trailers.attempts,
+            metrics.clone(),
+        )
+        .map_err(startup_error)?;
+        let onboarding = Arc::new(Onboarding {
+            resolver,
+            cache,
+            store,
+            prefix: trailers.content_url_prefix.clone(),
+            clock,
+            metrics,
+        });
+        let dead_letters = Some(queue.dead_letter_queue_url.clone()).filter(|u| !u.is_empty());
+        tokio::spawn(onboarding.clone().consume(
+            sqs.clone(),
+            queue_url.clone(),
+            dead_letters,
+            trailers.poll_wait,
+        ));
+        tokio::spawn(refresher::refresh_forever(
+            onboarding,
+            trailers.refresh_after,
+            trailers.refresh_per_second,
+        ));
+        tracing::info!(queue = %queue_url, "trailer onboarding is on");
+    }
+    Ok(Some((sqs, queue_url)))
 }
 
 async fn open_sink(
@@ -166,10 +276,22 @@ pub async fn run(config: Config) -> io::Result<()> {
     } else {
         None
     };
-    let store: Arc<dyn UserStore> = Arc::new(MeteredStore::new(
-        open_store(&config, sdk.as_ref()).await?,
-        metrics.clone(),
+    let (user_store, trailer_store) = open_store(&config, sdk.as_ref()).await?;
+    let store: Arc<dyn UserStore> = Arc::new(MeteredStore::new(user_store, metrics.clone()));
+    let trailer_cache: Arc<dyn TrailerCache> = Arc::new(LocalTrailerCache::new(metrics.clone()));
+    actix_rt::spawn(fill_trailer_cache(
+        trailer_store.clone(),
+        trailer_cache.clone(),
     ));
+    let publisher = start_trailers(
+        &config,
+        sdk.as_ref(),
+        trailer_store,
+        trailer_cache.clone(),
+        clock.clone(),
+        metrics.clone(),
+    )
+    .await?;
     let sink = open_sink(&config, sdk.as_ref()).await?;
     tracing::info!(
         store = store.backend(),
@@ -258,6 +380,11 @@ pub async fn run(config: Config) -> io::Result<()> {
         max_progress_seconds: config.progress.max_seconds,
         jwt,
         store,
+        trailers: TrailersApi {
+            cache: trailer_cache,
+            prefix: config.trailers.content_url_prefix.clone(),
+            publisher,
+        },
     });
 
     let listener = TcpListener::bind(config.server.listen).map_err(|e| {
@@ -268,14 +395,17 @@ pub async fn run(config: Config) -> io::Result<()> {
     })?;
     let addr = listener.local_addr()?;
     let max_body = config.server.max_body_bytes;
-    let dev_endpoints = config.dev.manual_clock;
+    let dev_routes = DevRoutes {
+        clock: config.dev.manual_clock,
+        publish: config.dev.endpoints,
+    };
     let http_workers = threads_or_cores(config.server.workers);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
             .app_data(web::PayloadConfig::new(max_body))
             .wrap(from_fn(api::middleware::observe))
-            .configure(|cfg| api::routes(cfg, dev_endpoints))
+            .configure(|cfg| api::routes(cfg, dev_routes))
             .default_service(web::to(api::ops::not_found))
     })
     .workers(http_workers)

@@ -67,6 +67,11 @@ pub struct Metrics {
     pub progress_lost: IntCounter,
     bi_events: IntCounterVec,
     pub outbox_depth: IntGauge,
+    trailer_messages: IntCounterVec,
+    tmdb_requests: IntCounterVec,
+    trailer_lookups: IntCounterVec,
+    trailer_refreshes: IntCounterVec,
+    pub trailer_cache_entries: IntGauge,
     pub heartbeats: HeartbeatCounters,
     pub releases: IntCounter,
     pub slots_expired: IntCounter,
@@ -122,7 +127,39 @@ impl Metrics {
             &["event", "outcome"],
         )
         .expect("valid metric");
+        let labelled = |name: &str, help: &str, label: &str| {
+            IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric")
+        };
+        let trailer_messages = labelled(
+            "playstate_trailer_messages_total",
+            "New-content messages by outcome: onboarded, rejected (never succeeds), retry.",
+            "outcome",
+        );
+        let tmdb_requests = labelled(
+            "playstate_tmdb_requests_total",
+            "TMDB requests by HTTP status (or error).",
+            "status",
+        );
+        let trailer_lookups = labelled(
+            "playstate_trailer_lookups_total",
+            "Trailer reads by result: hit, miss, invalid.",
+            "result",
+        );
+        let trailer_refreshes = labelled(
+            "playstate_trailer_refreshes_total",
+            "Stale trailer entries re-resolved, by outcome.",
+            "outcome",
+        );
         let metrics = Metrics {
+            trailer_messages: trailer_messages.clone(),
+            tmdb_requests: tmdb_requests.clone(),
+            trailer_lookups: trailer_lookups.clone(),
+            trailer_refreshes: trailer_refreshes.clone(),
+            trailer_cache_entries: IntGauge::new(
+                "playstate_trailer_cache_entries",
+                "Content URLs in this node's trailer cache.",
+            )
+            .expect("valid metric"),
             store_reads: IntCounter::new(
                 "playstate_store_reads_total",
                 "User libraries loaded from the store.",
@@ -231,6 +268,22 @@ impl Metrics {
         self.bi_events.with_label_values(&[event, outcome])
     }
 
+    pub fn trailer_messages(&self, outcome: &str) -> IntCounter {
+        self.trailer_messages.with_label_values(&[outcome])
+    }
+
+    pub fn tmdb_requests(&self, status: &str) -> IntCounter {
+        self.tmdb_requests.with_label_values(&[status])
+    }
+
+    pub fn trailer_lookups(&self, result: &str) -> IntCounter {
+        self.trailer_lookups.with_label_values(&[result])
+    }
+
+    pub fn trailer_refreshes(&self, outcome: &str) -> IntCounter {
+        self.trailer_refreshes.with_label_values(&[outcome])
+    }
+
     fn register_all(&self, vecs: Vec<Box<dyn prometheus::core::Collector>>) {
         let mut collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(self.store_reads.clone()),
@@ -242,6 +295,7 @@ impl Metrics {
             Box::new(self.flush_failures.clone()),
             Box::new(self.progress_lost.clone()),
             Box::new(self.outbox_depth.clone()),
+            Box::new(self.trailer_cache_entries.clone()),
             Box::new(self.releases.clone()),
             Box::new(self.slots_expired.clone()),
             Box::new(self.active_streams.clone()),

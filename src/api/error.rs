@@ -28,6 +28,10 @@ pub enum Dialect {
     Heartbeat,
     /// VideoStreams (seed 004): `{"message":"..."}`.
     VideoStreams,
+    /// The Trailer Service's reads (seed 001): plain text.
+    Trailers,
+    /// The Trailer Service's publish utility (seed 001): `{"error":"..."}`.
+    TrailerPublish,
 }
 
 /// What is wrong with one input field.
@@ -37,8 +41,13 @@ pub enum FieldProblem {
     NotString,
     NotInteger,
     NotUuid,
+    /// Present but not acceptable (for example outside an allowed prefix).
+    Invalid,
     Empty,
-    TooLong { max: usize, unit: &'static str },
+    TooLong {
+        max: usize,
+        unit: &'static str,
+    },
     ControlCharacter,
 }
 
@@ -96,9 +105,9 @@ impl ApiError {
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::LimitReached { .. } => match dialect {
-                Dialect::Problem | Dialect::Streamy => StatusCode::TOO_MANY_REQUESTS,
                 Dialect::Heartbeat => StatusCode::BAD_REQUEST,
                 Dialect::VideoStreams => StatusCode::FORBIDDEN,
+                _ => StatusCode::TOO_MANY_REQUESTS,
             },
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::OutOfRange(_) => StatusCode::RANGE_NOT_SATISFIABLE,
@@ -131,6 +140,7 @@ impl ApiError {
                     )
                 }
                 Dialect::VideoStreams => "User watching too many video streams.".to_owned(),
+                Dialect::Trailers | Dialect::TrailerPublish => "too many streams".to_owned(),
             },
             ApiError::NotFound(what) | ApiError::OutOfRange(what) => what.clone(),
             ApiError::Unavailable(why) => format!("temporarily unavailable: {why}"),
@@ -174,9 +184,10 @@ impl ApiError {
                 status: status.as_u16(),
                 error: &message,
             }),
-            Dialect::Heartbeat => response
+            Dialect::Heartbeat | Dialect::Trailers => response
                 .content_type("text/plain; charset=utf-8")
                 .body(message),
+            Dialect::TrailerPublish => response.json(serde_json::json!({ "error": message })),
             Dialect::VideoStreams => response.json(VideoStreamsError { message: &message }),
         }
     }
@@ -205,6 +216,8 @@ pub mod contract {
     marker!(Streamy);
     marker!(Heartbeat);
     marker!(VideoStreams);
+    marker!(Trailers);
+    marker!(TrailerPublish);
 }
 
 /// A handler's failure, rendered in the dialect of contract `D`.
@@ -281,6 +294,11 @@ fn field_message(dialect: Dialect, field: &str, problem: FieldProblem) -> String
         (Dialect::Streamy, FieldProblem::ControlCharacter) => {
             format!("\"{field}\" must not contain control characters")
         }
+        (Dialect::Trailers, FieldProblem::Missing | FieldProblem::Empty) => {
+            format!("Missing '{field}' parameter")
+        }
+        (Dialect::Trailers, _) => format!("Invalid '{field}' parameter"),
+        (Dialect::TrailerPublish, _) => "URL must be provided in the request body.".to_owned(),
         // The heartbeat service treated an empty value as absent.
         (Dialect::Heartbeat, FieldProblem::Missing | FieldProblem::Empty) => {
             format!("{field} is missing")
@@ -289,6 +307,7 @@ fn field_message(dialect: Dialect, field: &str, problem: FieldProblem) -> String
         (_, FieldProblem::NotString) => format!("{field} must be a string"),
         (_, FieldProblem::NotInteger) => format!("{field} must be an integer"),
         (_, FieldProblem::NotUuid) => format!("{field} must be a UUID"),
+        (_, FieldProblem::Invalid) => format!("{field} is not valid"),
         (_, FieldProblem::Empty) => format!("{field} must not be empty"),
         (_, FieldProblem::TooLong { max, unit }) => format!("{field} must be at most {max} {unit}"),
         (_, FieldProblem::ControlCharacter) => {

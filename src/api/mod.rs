@@ -8,6 +8,7 @@ pub mod compat;
 pub mod error;
 pub mod middleware;
 pub mod ops;
+pub mod trailers;
 pub mod v1;
 
 use std::sync::Arc;
@@ -39,6 +40,7 @@ pub struct AppState {
     pub jwt: Option<auth::JwtVerifier>,
     /// Checked by `/ready`.
     pub store: Arc<dyn UserStore>,
+    pub trailers: trailers::TrailersApi,
 }
 
 impl AppState {
@@ -60,8 +62,18 @@ pub(crate) fn route(pattern: &'static str) -> Resource {
 }
 
 /// Registers every route.
-pub fn routes(cfg: &mut web::ServiceConfig, dev_endpoints: bool) {
+/// Registers every route. The dev-only ones exist only when enabled (404 otherwise).
+pub fn routes(cfg: &mut web::ServiceConfig, dev: DevRoutes) {
     v1::routes(cfg);
     compat::routes(cfg);
-    ops::routes(cfg, dev_endpoints);
+    trailers::routes(cfg, dev.publish);
+    ops::routes(cfg, dev.clock);
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct DevRoutes {
+    /// `POST /dev/clock/advance`
+    pub clock: bool,
+    /// `POST /non-production/utils/publish`
+    pub publish: bool,
 }

@@ -8,6 +8,7 @@ pub mod policy;
 pub mod progress;
 pub mod slots;
 pub mod time;
+pub mod trailers;
 pub mod watchlist;
 
 pub use asset::{AssetId, NotAUuid};
@@ -17,4 +18,5 @@ pub use policy::StreamPolicy;
 pub use progress::{Flush, ProgressBook, Rise, Seconds};
 pub use slots::{Accepted, HeartbeatOutcome, LimitReached, Origin, Slot, SlotRequest, StreamSlots};
 pub use time::{Millis, Timestamp};
+pub use trailers::{ContentUrl, TrailerEntry};
 pub use watchlist::Watchlist;

@@ -4,6 +4,7 @@
 //! |---|---|---|
 //! | `USER#<userId>` | `PROGRESS#<assetId>` | `asset` (S), `progress` (N) |
 //! | `USER#<userId>` | `WATCHLIST#<assetId>` | `asset` (S), `addedAt` (N, Unix ms) |
+//! | `TRAILER#<sha256(url)>` | `TRAILER` | `url` (S), `trailers` (L of S), `updatedAt` (N, Unix ms) |
 //!
 //! One Query reads a user's whole library; progress is written with BatchWriteItem in
 //! chunks of 25; watchlist edits are conditional so that "added" and "removed" are exact.
@@ -19,8 +20,8 @@ use aws_sdk_dynamodb::types::{
     PutRequest, ReturnValue, ScalarAttributeType, WriteRequest,
 };
 
-use super::{ProgressItem, StoreError, StoredLibrary, UserStore};
-use crate::domain::{AssetId, Timestamp, UserId};
+use super::{ProgressItem, StoreError, StoredLibrary, TrailerStore, UserStore};
+use crate::domain::{AssetId, Timestamp, TrailerEntry, UserId};
 use crate::retry::backoff;
 
 /// DynamoDB's BatchWriteItem limit.
@@ -306,5 +307,63 @@ impl UserStore for DynamoStore {
 
     fn backend(&self) -> &'static str {
         "dynamodb"
+    }
+}
+
+#[async_trait]
+impl TrailerStore for DynamoStore {
+    async fn put_trailers(&self, key: &str, entry: &TrailerEntry) -> Result<(), StoreError> {
+        let links = entry.trailers.iter().map(|l| s(l.clone())).collect();
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .item("PK", s(format!("TRAILER#{key}")))
+            .item("SK", s("TRAILER"))
+            .item("url", s(entry.url.clone()))
+            .item("trailers", AttributeValue::L(links))
+            .item("updatedAt", n(entry.updated_at.0))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    /// A filtered Scan: it reads the whole table, which is why it runs only when a node
+    /// starts (at most tens of thousands of trailer items beside the user data).
+    async fn all_trailers(&self) -> Result<Vec<TrailerEntry>, StoreError> {
+        let mut entries = Vec::new();
+        let mut start = None;
+        loop {
+            let page = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .filter_expression("begins_with(PK, :trailer)")
+                .expression_attribute_values(":trailer", s("TRAILER#"))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(unavailable)?;
+            for item in page.items() {
+                let url = item
+                    .get("url")
+                    .and_then(|v| v.as_s().ok())
+                    .ok_or_else(|| StoreError::Corrupt("trailer without url".into()))?;
+                let trailers = item
+                    .get("trailers")
+                    .and_then(|v| v.as_l().ok())
+                    .map(|l| l.iter().filter_map(|v| v.as_s().ok().cloned()).collect())
+                    .unwrap_or_default();
+                entries.push(TrailerEntry {
+                    url: url.clone(),
+                    trailers,
+                    updated_at: Timestamp(attr_number(item, "updatedAt")?),
+                });
+            }
+            start = page.last_evaluated_key;
+            if start.is_none() {
+                return Ok(entries);
+            }
+        }
     }
 }

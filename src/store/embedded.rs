@@ -7,13 +7,15 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{ProgressItem, StoreError, StoredLibrary, UserStore};
-use crate::domain::{AssetId, Timestamp, UserId};
+use super::{ProgressItem, StoreError, StoredLibrary, TrailerStore, UserStore};
+use crate::domain::{AssetId, Timestamp, TrailerEntry, UserId};
 
 /// Keys are `user NUL asset`: user ids never contain control characters, so a user's
 /// records are one contiguous key range.
 const PROGRESS: TableDefinition<&str, u32> = TableDefinition::new("progress");
 const WATCHLIST: TableDefinition<&str, u64> = TableDefinition::new("watchlist");
+/// sha256(url) → the entry as JSON.
+const TRAILERS: TableDefinition<&str, &str> = TableDefinition::new("trailers");
 
 pub struct EmbeddedStore {
     db: Arc<Database>,
@@ -50,6 +52,7 @@ impl EmbeddedStore {
         let txn = db.begin_write().map_err(unavailable)?;
         txn.open_table(PROGRESS).map_err(unavailable)?;
         txn.open_table(WATCHLIST).map_err(unavailable)?;
+        txn.open_table(TRAILERS).map_err(unavailable)?;
         txn.commit().map_err(unavailable)?;
         Ok(EmbeddedStore { db: Arc::new(db) })
     }
@@ -171,6 +174,40 @@ impl UserStore for EmbeddedStore {
     }
 }
 
+#[async_trait]
+impl TrailerStore for EmbeddedStore {
+    async fn put_trailers(&self, key: &str, entry: &TrailerEntry) -> Result<(), StoreError> {
+        let key = key.to_owned();
+        let json = serde_json::to_string(entry).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(unavailable)?;
+            txn.open_table(TRAILERS)
+                .map_err(unavailable)?
+                .insert(key.as_str(), json.as_str())
+                .map_err(unavailable)?;
+            txn.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn all_trailers(&self) -> Result<Vec<TrailerEntry>, StoreError> {
+        self.blocking(|db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(TRAILERS).map_err(unavailable)?;
+            let mut entries = Vec::new();
+            for row in table.iter().map_err(unavailable)? {
+                let (_, json) = row.map_err(unavailable)?;
+                entries.push(
+                    serde_json::from_str(json.value())
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                );
+            }
+            Ok(entries)
+        })
+        .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,5 +267,27 @@ mod tests {
         assert_eq!(library.progress, vec![(asset(1), 10)]);
         assert_eq!(library.watchlist, vec![(asset(3), Timestamp(5))]);
         store.check().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn trailers_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let entry = TrailerEntry {
+            url: "https://content/x".into(),
+            trailers: vec!["https://www.youtube.com/watch?v=a".into()],
+            updated_at: Timestamp(9),
+        };
+        EmbeddedStore::open(&path)
+            .unwrap()
+            .put_trailers("k", &entry)
+            .await
+            .unwrap();
+        let all = EmbeddedStore::open(&path)
+            .unwrap()
+            .all_trailers()
+            .await
+            .unwrap();
+        assert_eq!(all, vec![entry]);
     }
 }

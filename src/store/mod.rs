@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::domain::{AssetId, Seconds, Timestamp, UserId};
+use crate::domain::{AssetId, Seconds, Timestamp, TrailerEntry, UserId};
 use crate::telemetry::Metrics;
 
 /// Everything stored about one user's library.
@@ -64,6 +64,15 @@ pub trait UserStore: Send + Sync + 'static {
 
     /// The adapter's name, for logs.
     fn backend(&self) -> &'static str;
+}
+
+/// Onboarded trailers, keyed by the sha256 of their content URL.
+#[async_trait]
+pub trait TrailerStore: Send + Sync + 'static {
+    async fn put_trailers(&self, key: &str, entry: &TrailerEntry) -> Result<(), StoreError>;
+
+    /// Every onboarded entry, to fill a node's cache at start.
+    async fn all_trailers(&self) -> Result<Vec<TrailerEntry>, StoreError>;
 }
 
 /// Counts every store operation and failure, whichever adapter serves it.
