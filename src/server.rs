@@ -111,6 +111,9 @@ async fn start_trailers(
         return Ok(None);
     }
     let Some(sdk) = sdk else {
+        tracing::error!(
+            "no AWS configuration for the new-content queue: trailer onboarding is off"
+        );
         return Ok(None);
     };
     let sqs = aws_sdk_sqs::Client::new(sdk);
@@ -269,8 +272,10 @@ pub async fn run(config: Config) -> io::Result<()> {
     } else {
         Clock::System
     };
-    let needs_aws =
-        config.store.backend == StoreBackend::Dynamodb || config.events.sink == EventSinkKind::Sqs;
+    let needs_aws = config.store.backend == StoreBackend::Dynamodb
+        || config.events.sink == EventSinkKind::Sqs
+        || !config.trailers.tmdb_token.is_empty()
+        || config.dev.endpoints;
     let sdk = if needs_aws {
         Some(crate::aws::sdk_config(&config.aws).await)
     } else {

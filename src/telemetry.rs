@@ -259,6 +259,10 @@ impl Metrics {
             Box::new(heartbeats),
             Box::new(store_writes),
             Box::new(bi_events),
+            Box::new(trailer_messages),
+            Box::new(tmdb_requests),
+            Box::new(trailer_lookups),
+            Box::new(trailer_refreshes),
         ]);
         metrics
     }

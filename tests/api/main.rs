@@ -6,3 +6,4 @@ mod helpers;
 mod library;
 mod library_dynamo;
 mod outage;
+mod trailers;
