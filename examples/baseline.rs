@@ -59,7 +59,12 @@ fn touch(slots: &Slots, user: &str, session: &str) -> bool {
 }
 
 fn user_of(req: &HttpRequest) -> Option<String> {
-    let token = req.headers().get("authorization")?.to_str().ok()?.strip_prefix("Bearer ")?;
+    let token = req
+        .headers()
+        .get("authorization")?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")?;
     let payload = token.split('.').nth(1)?;
     let json = URL_SAFE_NO_PAD.decode(payload).ok()?;
     Some(serde_json::from_slice::<Claims>(&json).ok()?.sub)
@@ -74,7 +79,8 @@ async fn v1_heartbeat(req: HttpRequest, body: Bytes, slots: web::Data<Slots>) ->
     };
     let session = req.match_info().query("sessionId");
     if touch(&slots, &user, session) {
-        HttpResponse::Ok().json(serde_json::json!({ "sessionId": session, "streamId": parsed.stream_id }))
+        HttpResponse::Ok()
+            .json(serde_json::json!({ "sessionId": session, "streamId": parsed.stream_id }))
     } else {
         HttpResponse::TooManyRequests().finish()
     }
@@ -94,7 +100,9 @@ async fn heartbeat(body: Bytes, slots: web::Data<Slots>) -> HttpResponse {
 
 #[actix_web::main]
 async fn main() -> std::io::Result<()> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:8090".to_owned());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:8090".to_owned());
     let slots: Slots = Arc::new(DashMap::new());
     println!("baseline listening on {addr}");
     HttpServer::new(move || {

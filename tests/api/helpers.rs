@@ -206,6 +206,49 @@ where
     }
 }
 
+/// A request with a raw body (content type JSON).
+pub fn raw(
+    node: &TestNode,
+    method: reqwest::Method,
+    path: &str,
+    body: &'static str,
+) -> reqwest::RequestBuilder {
+    node.client
+        .request(method, node.url(path))
+        .header("content-type", "application/json")
+        .body(body)
+}
+
+/// Moves a manual clock (`dev.manual_clock = true`) forward.
+pub async fn advance_clock(node: &TestNode, millis: u64) {
+    let response = node
+        .client
+        .post(node.url("/dev/clock/advance"))
+        .json(&serde_json::json!({ "millis": millis }))
+        .send()
+        .await
+        .expect("POST /dev/clock/advance");
+    assert_eq!(response.status(), 200, "advancing the clock");
+}
+
+/// The sessions of a user's live slots, through `/v1/streams`.
+pub async fn sessions(node: &TestNode, user: &str) -> Vec<String> {
+    let slots: Value = node
+        .as_user(reqwest::Method::GET, "/v1/streams", user)
+        .send()
+        .await
+        .expect("GET /v1/streams")
+        .json()
+        .await
+        .expect("slots JSON");
+    slots
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|slot| slot["sessionId"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
 /// A fresh asset id.
 pub fn asset() -> String {
     uuid::Uuid::new_v4().to_string()

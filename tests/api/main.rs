@@ -5,5 +5,7 @@ mod aws;
 mod helpers;
 mod library;
 mod library_dynamo;
+mod ops;
 mod outage;
+mod streams;
 mod trailers;
