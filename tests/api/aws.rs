@@ -156,36 +156,16 @@ timeout = "1s"
         seen
     }
 
-    /// Creates the table and queue again, as on an emulator that lost its state.
+    /// Creates the table (the way a node does) and the queue again, as on an emulator
+    /// that lost its state.
     pub async fn recreate(&self) {
-        use aws_sdk_dynamodb::types::{
-            AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-        };
-        let key = |name: &str, kind| {
-            KeySchemaElement::builder()
-                .attribute_name(name)
-                .key_type(kind)
-                .build()
-                .unwrap()
-        };
-        let attr = |name: &str| {
-            AttributeDefinition::builder()
-                .attribute_name(name)
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .unwrap()
-        };
-        self.dynamo
-            .create_table()
-            .table_name(&self.table)
-            .billing_mode(BillingMode::PayPerRequest)
-            .key_schema(key("PK", KeyType::Hash))
-            .key_schema(key("SK", KeyType::Range))
-            .attribute_definitions(attr("PK"))
-            .attribute_definitions(attr("SK"))
-            .send()
-            .await
-            .expect("CreateTable");
+        playstate::store::dynamo::DynamoStore::connect(
+            &sdk(&self.endpoint).await,
+            &self.table,
+            true,
+        )
+        .await
+        .expect("create the table");
         self.sqs
             .create_queue()
             .queue_name(&self.queue)

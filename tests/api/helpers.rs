@@ -135,6 +135,17 @@ impl TestNode {
     }
 
     /// The metrics, by series (`name{labels}`), summed over nothing: one value per series.
+    /// `GET path` as `user`, answered with JSON.
+    pub async fn get_json(&self, path: &str, user: &str) -> Value {
+        self.as_user(reqwest::Method::GET, path, user)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: not JSON: {e}"))
+    }
+
     pub async fn metrics(&self) -> HashMap<String, f64> {
         let text = self
             .client
@@ -233,15 +244,8 @@ pub async fn advance_clock(node: &TestNode, millis: u64) {
 
 /// The sessions of a user's live slots, through `/v1/streams`.
 pub async fn sessions(node: &TestNode, user: &str) -> Vec<String> {
-    let slots: Value = node
-        .as_user(reqwest::Method::GET, "/v1/streams", user)
-        .send()
+    node.get_json("/v1/streams", user)
         .await
-        .expect("GET /v1/streams")
-        .json()
-        .await
-        .expect("slots JSON");
-    slots
         .as_array()
         .expect("an array")
         .iter()

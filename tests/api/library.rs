@@ -273,13 +273,7 @@ async fn an_http_catalog_validates_assets_and_durations() {
         .await
         .unwrap();
     assert_eq!(cleared.status(), 200);
-    let progress = json_of(
-        node.as_user(Method::GET, "/v1/progress", &u)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let progress = node.get_json("/v1/progress", &u).await;
     assert_eq!(progress.as_array().unwrap().len(), 2, "{progress}");
     let asked: Vec<String> = catalog
         .received_requests()
@@ -341,13 +335,7 @@ async fn progress_and_watchlist_survive_a_graceful_restart_on_the_embedded_store
         assert_eq!(watch.status(), 200);
     }
     let node = node.restart().await;
-    let progress = json_of(
-        node.as_user(Method::GET, "/v1/progress", &u)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let progress = node.get_json("/v1/progress", &u).await;
     let mut expected: Vec<Value> = assets
         .iter()
         .enumerate()
@@ -355,13 +343,7 @@ async fn progress_and_watchlist_survive_a_graceful_restart_on_the_embedded_store
         .collect();
     expected.sort_by_key(|v| v["asset"].as_str().unwrap().to_owned());
     assert_eq!(progress, Value::Array(expected));
-    let watchlist = json_of(
-        node.as_user(Method::GET, "/v1/watchlist", &u)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let watchlist = node.get_json("/v1/watchlist", &u).await;
     assert_eq!(watchlist.as_array().unwrap().len(), 5);
     assert_eq!(node.metric("playstate_progress_lost_total").await, 0.0);
 }

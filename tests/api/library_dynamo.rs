@@ -156,14 +156,7 @@ async fn acknowledged_state_survives_a_graceful_restart_on_dynamodb() {
             .unwrap();
         assert_eq!(got.json::<Value>().await.unwrap()["progress"], 60 * (i + 1));
     }
-    let watchlist: Value = node
-        .as_user(Method::GET, "/v1/watchlist", &u)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let watchlist: Value = node.get_json("/v1/watchlist", &u).await;
     let listed: HashSet<&str> = watchlist
         .as_array()
         .unwrap()

@@ -68,14 +68,7 @@ async fn an_emulator_outage_loses_nothing() {
     let ready = node.client.get(node.url("/ready")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
     // The refused edit changed nothing: the watchlist is as it was before the outage.
-    let list: serde_json::Value = node
-        .as_user(Method::GET, "/v1/watchlist", &u)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: serde_json::Value = node.get_json("/v1/watchlist", &u).await;
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_eq!(list[0]["asset"], kept.as_str());
 }

@@ -97,14 +97,7 @@ async fn v1_streams_rows_of_the_contract() {
     assert_eq!(renewed.status(), 200);
     assert_eq!(renewed.json::<Value>().await.unwrap()["activeStreams"], 3);
 
-    let slots: Value = node
-        .as_user(Method::GET, "/v1/streams", &u)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let slots: Value = node.get_json("/v1/streams", &u).await;
     assert_eq!(slots.as_array().unwrap().len(), 3);
     assert_eq!(slots[1]["streamId"], "other-movie");
     assert_eq!(slots[1]["origin"], "v1");
@@ -394,14 +387,7 @@ async fn every_contract_counts_against_the_same_limit() {
         .await
         .unwrap();
     assert_eq!(listed, json!({ "streams": ["v1", "v2", "live"] }));
-    let slots: Value = node
-        .as_user(Method::GET, "/v1/streams", u)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let slots: Value = node.get_json("/v1/streams", u).await;
     let origins: Vec<&str> = slots
         .as_array()
         .unwrap()
