@@ -1,0 +1,183 @@
+//! What every scenario shares: the bounds of the run, the load-generator threads, and the
+//! per-thread results.
+//!
+//! Each thread runs its own single-threaded event loop with its share of the connections
+//! (as wrk does). Nothing is shared between threads in the send path except a few atomic
+//! counters, so adding threads scales until the cores run out.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::stats::{Live, OpStats};
+
+/// Set by Ctrl-C: every loop stops as if the duration had passed.
+pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Installs a SIGINT handler that sets `INTERRUPTED`, so an interrupted run still reports.
+pub fn catch_interrupt() {
+    extern "C" fn on_sigint(_: libc::c_int) {
+        // Only an atomic store: async-signal-safe.
+        INTERRUPTED.store(true, Ordering::Relaxed);
+    }
+    let handler: extern "C" fn(libc::c_int) = on_sigint;
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, handler as libc::sighandler_t);
+    }
+}
+
+/// The bounds of a run and its live counters, shared by all threads.
+pub struct Control {
+    pub start: Instant,
+    pub deadline: Instant,
+    pub timeout: Duration,
+    pub live: Live,
+    max_requests: u64,
+    issued: AtomicU64,
+    capped: AtomicBool,
+}
+
+impl Control {
+    pub fn new(duration: Duration, max_requests: u64, timeout: Duration) -> Control {
+        let start = Instant::now();
+        Control {
+            start,
+            deadline: start + duration,
+            timeout,
+            live: Live::default(),
+            max_requests,
+            issued: AtomicU64::new(0),
+            capped: AtomicBool::new(false),
+        }
+    }
+
+    /// True once the run is over: duration passed, request cap reached, or interrupted.
+    pub fn should_stop(&self, now: Instant) -> bool {
+        now >= self.deadline
+            || self.capped.load(Ordering::Relaxed)
+            || INTERRUPTED.load(Ordering::Relaxed)
+    }
+
+    /// Open loop: true once requests still queued should no longer be sent. The
+    /// schedule's last requests are due just before the deadline, and a dispatcher woken
+    /// by a millisecond timer hands them over a little after it, so they get `grace` to
+    /// start; an interrupt ends the run at once.
+    pub fn is_over(&self, now: Instant, grace: Duration) -> bool {
+        now >= self.deadline + grace || INTERRUPTED.load(Ordering::Relaxed)
+    }
+
+    /// Claims one request of the `--max-requests` budget; false once it is spent.
+    pub fn take_permit(&self) -> bool {
+        if self.issued.fetch_add(1, Ordering::Relaxed) < self.max_requests {
+            true
+        } else {
+            self.capped.store(true, Ordering::Relaxed);
+            false
+        }
+    }
+
+    pub fn stopped_by(&self) -> &'static str {
+        if self.capped.load(Ordering::Relaxed) {
+            "max-requests"
+        } else if INTERRUPTED.load(Ordering::Relaxed) {
+            "interrupted"
+        } else {
+            "duration"
+        }
+    }
+
+    /// Sleeps before retrying a failed connect, but never past the end of the run.
+    pub async fn backoff(&self) {
+        let until = (Instant::now() + Duration::from_millis(50)).min(self.deadline);
+        tokio::time::sleep_until(until).await;
+    }
+}
+
+/// What one thread measured.
+pub struct ShardStats {
+    /// One entry per operation of the scenario, in the scenario's order.
+    pub ops: Vec<OpStats>,
+    /// Connections that could not be opened (not counted as requests).
+    pub connect_errors: u64,
+    /// Open loop: requests the schedule produced.
+    pub scheduled: u64,
+    /// Open loop: scheduled requests never sent because the run ended first.
+    pub unsent: u64,
+}
+
+impl ShardStats {
+    pub fn new(op_count: usize, open_loop: bool) -> ShardStats {
+        ShardStats {
+            ops: (0..op_count).map(|_| OpStats::new(open_loop)).collect(),
+            connect_errors: 0,
+            scheduled: 0,
+            unsent: 0,
+        }
+    }
+
+    pub fn merge(&mut self, other: &ShardStats) {
+        for (mine, theirs) in self.ops.iter_mut().zip(&other.ops) {
+            mine.merge(theirs);
+        }
+        self.connect_errors += other.connect_errors;
+        self.scheduled += other.scheduled;
+        self.unsent += other.unsent;
+    }
+}
+
+/// Starts a load-generator thread running `make()`'s future on its own single-threaded
+/// event loop. The future is built on that thread, so it may hold `Rc`s.
+pub fn spawn_shard<F, Fut>(index: usize, make: F) -> std::io::Result<JoinHandle<ShardStats>>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ShardStats> + 'static,
+{
+    std::thread::Builder::new()
+        .name(format!("loadtest-{index}"))
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a single-threaded runtime can always be built");
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&runtime, make())
+        })
+}
+
+/// Which connections (of `connections`, numbered from 0) thread `shard` of `threads` owns.
+pub fn connections_of(shard: usize, threads: usize, connections: u32) -> impl Iterator<Item = u32> {
+    (shard as u32..connections).step_by(threads.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permits_stop_at_the_cap() {
+        let ctl = Control::new(Duration::from_secs(60), 3, Duration::from_secs(1));
+        assert!(!ctl.should_stop(Instant::now()));
+        assert!(ctl.take_permit() && ctl.take_permit() && ctl.take_permit());
+        assert!(!ctl.take_permit());
+        assert!(ctl.should_stop(Instant::now()));
+        assert_eq!(ctl.stopped_by(), "max-requests");
+    }
+
+    #[test]
+    fn the_deadline_stops_the_run() {
+        let ctl = Control::new(Duration::from_millis(10), 100, Duration::from_secs(1));
+        assert!(ctl.should_stop(ctl.start + Duration::from_millis(10)));
+        assert!(!ctl.should_stop(ctl.start + Duration::from_millis(9)));
+        assert_eq!(ctl.stopped_by(), "duration");
+    }
+
+    #[test]
+    fn connections_are_dealt_round_robin() {
+        let all: Vec<Vec<u32>> = (0..3).map(|s| connections_of(s, 3, 8).collect()).collect();
+        assert_eq!(all, [vec![0, 3, 6], vec![1, 4, 7], vec![2, 5]]);
+    }
+}
