@@ -19,7 +19,12 @@ pub fn init_tracing(config: &LogConfig) -> Result<WorkerGuard, String> {
         // Block rather than drop lines when the writer falls behind: a lost access-log line
         // is worse than a slower request under a log storm.
         .lossy(false)
-        .finish(std::io::stdout());
+        // The writer thread flushes whenever it has drained its queue, so a buffer turns a
+        // write(2) per line into one per burst without holding a quiet line back.
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stdout(),
+        ));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
