@@ -2,33 +2,11 @@
 //!
 //! See README.md for the scenarios, options and how to read the report.
 
-mod cli;
-mod client;
-mod ids;
-mod monitor;
-mod report;
-mod runner;
-mod scenario;
-mod schedule;
-mod server_stats;
-mod stats;
-mod target;
-
-use std::net::TcpStream;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::Duration;
 
-use anyhow::{Context, bail};
 use clap::Parser;
 
-use cli::{Cli, Common, HeartbeatArgs, PlayersArgs, Scenario};
-use report::RunInfo;
-use runner::{Control, ShardStats, spawn_shard};
-use scenario::{heartbeat, players};
-use server_stats::{Proc, Sampler};
-use target::Target;
+use loadtest::Cli;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -41,205 +19,14 @@ fn main() -> ExitCode {
     }
 }
 
-/// What a scenario hands to the common part of a run.
-struct Started {
-    handles: Vec<JoinHandle<ShardStats>>,
-    op_names: &'static [&'static str],
-    open_loop: Option<(f64, Duration)>,
-}
-
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let common = cli.scenario.common().clone();
-    let targets = common
-        .targets
-        .iter()
-        .map(|raw| target::parse(raw).with_context(|| format!("--target {raw}")))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    preflight(&targets)?;
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-    let threads = common.threads.unwrap_or(cpus).min(common.connections) as usize;
-
-    let mut server = match common.server_pid {
-        Some(pid) => Some(Sampler::start(Proc::pid(pid)).with_context(|| {
-            format!("--server-pid {pid}: cannot read /proc/{pid}/status and /proc/{pid}/stat")
-        })?),
-        None => None,
-    };
-    let mut loadgen = Sampler::start(Proc::this());
-
-    runner::catch_interrupt();
-    let scenario_name = match &cli.scenario {
-        Scenario::Heartbeat(_) => "heartbeat",
-        Scenario::Players(_) => "players",
-    };
-    // Build the players' population before the clock starts: with many viewers it takes
-    // a moment, and that moment is not load.
-    let prepared = match &cli.scenario {
-        Scenario::Players(args) => Some(prepare_players(args, &targets, threads)?),
-        Scenario::Heartbeat(_) => None,
-    };
-    let ctl = Arc::new(Control::new(
-        common.duration,
-        common.max_requests,
-        common.timeout,
-    ));
-    let started = match (&cli.scenario, prepared) {
-        (Scenario::Heartbeat(args), _) => start_heartbeat(args, targets, threads, &ctl)?,
-        (Scenario::Players(_), Some(prepared)) => start_players(prepared, threads, &ctl)?,
-        (Scenario::Players(_), None) => unreachable!("players are prepared above"),
-    };
-
-    let mut samplers: Vec<&mut Sampler> = server.iter_mut().chain(loadgen.iter_mut()).collect();
-    let watched = monitor::watch(
-        started.handles,
-        &ctl,
-        &mut samplers,
-        common.quiet,
-        started.open_loop.is_some(),
-    )?;
-    let mut merged = ShardStats::new(started.op_names.len(), started.open_loop.is_some());
-    for shard in &watched.shards {
-        merged.merge(shard);
-    }
-    let end = watched.finished.min(ctl.deadline);
-    let summary = report::summarize(
-        RunInfo {
-            scenario: scenario_name,
-            op_names: started.op_names,
-            targets: common.targets.iter().map(|t| t.trim().to_owned()).collect(),
-            connections: common.connections,
-            threads: threads as u32,
-            duration: common.duration,
-            elapsed: end.saturating_duration_since(ctl.start),
-            stopped_by: ctl.stopped_by(),
-            open_loop: started.open_loop,
-            server_pid: common.server_pid,
-            server: server.as_ref().map(Sampler::usage),
-            loadgen: loadgen.as_ref().map(Sampler::usage),
-        },
-        &merged,
-    );
-    print!("{}", report::render(&summary));
-    if let Some(path) = &common.json {
-        let json = serde_json::to_string_pretty(&summary).context("serializing the summary")?;
-        std::fs::write(path, json + "\n")
-            .with_context(|| format!("--json: writing {}", path.display()))?;
+    let json = cli.scenario.common().json.clone();
+    // An interrupted run stops sending and still reports what it measured.
+    loadtest::catch_interrupt();
+    let summary = loadtest::run(cli)?;
+    print!("{}", loadtest::render(&summary));
+    if let Some(path) = &json {
+        loadtest::write_json(&summary, path)?;
     }
     Ok(())
-}
-
-/// Fails early, with the address, when nothing listens at a target: otherwise the run
-/// would be a screenful of connect errors.
-fn preflight(targets: &[Target]) -> anyhow::Result<()> {
-    for t in targets {
-        TcpStream::connect_timeout(&t.addr, Duration::from_secs(2))
-            .with_context(|| format!("cannot connect to {} ({})", t.url, t.addr))?;
-    }
-    Ok(())
-}
-
-fn check_common(common: &Common) -> anyhow::Result<()> {
-    if common.targets.is_empty() {
-        bail!("at least one --target is needed");
-    }
-    Ok(())
-}
-
-fn start_heartbeat(
-    args: &HeartbeatArgs,
-    targets: Vec<Target>,
-    threads: usize,
-    ctl: &Arc<Control>,
-) -> anyhow::Result<Started> {
-    check_common(&args.common)?;
-    if args.users < u64::from(args.common.connections) {
-        bail!(
-            "--users ({}) must be at least --connections ({}): each connection owns its own users",
-            args.users,
-            args.common.connections
-        );
-    }
-    let plan = Arc::new(heartbeat::Plan {
-        contract: args.contract,
-        users: args.users,
-        over_limit_share: args.over_limit_share,
-        prefix: format!("{}-h", args.common.id_prefix),
-        seed: args.common.seed,
-        connections: args.common.connections,
-        targets,
-    });
-    let mut handles = Vec::with_capacity(threads);
-    for index in 0..threads {
-        let (plan, ctl) = (plan.clone(), ctl.clone());
-        let handle = spawn_shard(index, move || heartbeat::shard(plan, ctl, index, threads))
-            .context("starting a load-generator thread")?;
-        handles.push(handle);
-    }
-    Ok(Started {
-        handles,
-        op_names: &heartbeat::OPS,
-        open_loop: None,
-    })
-}
-
-struct PreparedPlayers {
-    plan: Arc<players::Plan>,
-    populations: Vec<players::Population>,
-    nominal_rate: f64,
-}
-
-fn prepare_players(
-    args: &PlayersArgs,
-    targets: &[Target],
-    threads: usize,
-) -> anyhow::Result<PreparedPlayers> {
-    check_common(&args.common)?;
-    let scaled = |d: Duration| d.div_f64(args.speedup).max(Duration::from_micros(100));
-    let plan = players::Plan {
-        viewers: args.viewers,
-        heartbeat_every: scaled(args.heartbeat_interval),
-        progress_every: (!args.no_progress).then(|| scaled(args.progress_interval)),
-        watchlist_share: if args.no_watchlist {
-            0.0
-        } else {
-            args.watchlist_share
-        },
-        progress_step: args.progress_interval.as_secs().max(1),
-        late_threshold: args.late_threshold,
-        prefix: format!("{}-p", args.common.id_prefix),
-        seed: args.common.seed,
-        connections: args.common.connections,
-        targets: targets.to_vec(),
-    };
-    let populations: Vec<_> = (0..threads)
-        .map(|s| players::Population::build(&plan, s as u64, threads as u64))
-        .collect();
-    let nominal_rate = populations.iter().map(|p| p.schedule.nominal_rate()).sum();
-    Ok(PreparedPlayers {
-        plan: Arc::new(plan),
-        populations,
-        nominal_rate,
-    })
-}
-
-fn start_players(
-    prepared: PreparedPlayers,
-    threads: usize,
-    ctl: &Arc<Control>,
-) -> anyhow::Result<Started> {
-    let late = prepared.plan.late_threshold;
-    let mut handles = Vec::with_capacity(threads);
-    for (index, population) in prepared.populations.into_iter().enumerate() {
-        let (plan, ctl) = (prepared.plan.clone(), ctl.clone());
-        let handle = spawn_shard(index, move || {
-            players::shard(plan, population, ctl, index, threads)
-        })
-        .context("starting a load-generator thread")?;
-        handles.push(handle);
-    }
-    Ok(Started {
-        handles,
-        op_names: &players::OPS,
-        open_loop: Some((prepared.nominal_rate, late)),
-    })
 }

@@ -57,6 +57,22 @@ pub struct OpSummary {
     pub late: Option<u64>,
 }
 
+impl Summary {
+    /// Responses to `operation` (a key of `operations`) with HTTP status `status`.
+    pub fn count(&self, operation: &str, status: u16) -> u64 {
+        self.operations
+            .get(operation)
+            .map_or(0, |op| op.count(status))
+    }
+}
+
+impl OpSummary {
+    /// Responses with HTTP status `status`.
+    pub fn count(&self, status: u16) -> u64 {
+        self.statuses.get(&status.to_string()).copied().unwrap_or(0)
+    }
+}
+
 /// Did the server keep up with a fixed offered rate.
 #[derive(Serialize, Debug)]
 pub struct OpenLoop {
@@ -395,6 +411,10 @@ mod tests {
         assert_eq!(s.rate_per_s, 100.0);
         assert_eq!(s.statuses["200"], 990);
         assert_eq!(s.statuses["404"], 10);
+        assert_eq!(s.count("heartbeat", 200), 990);
+        assert_eq!(s.operations["heartbeat"].count(404), 10);
+        assert_eq!(s.count("heartbeat", 500), 0);
+        assert_eq!(s.count("progress", 200), 0);
         assert_eq!(s.errors["timeout"], 1);
         assert_eq!(s.transport_errors, 1);
         assert!(!s.operations.contains_key("progress"), "never sent");

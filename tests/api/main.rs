@@ -5,6 +5,7 @@ mod aws;
 mod helpers;
 mod library;
 mod library_dynamo;
+mod loadtest;
 mod ops;
 mod outage;
 mod streams;
