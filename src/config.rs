@@ -321,7 +321,7 @@ impl Config {
             return invalid("progress.max_dirty_entries", "must be at least 1");
         }
         if self.events.outbox_capacity < crate::events::BATCH {
-            return invalid("events.outbox_capacity", "must be at least 10");
+            return invalid("events.outbox_capacity", "must be at least 500");
         }
         if self.events.sink == EventSinkKind::Sqs
             && self.events.sqs.queue_url.is_empty()

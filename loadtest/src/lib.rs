@@ -186,7 +186,12 @@ fn start_heartbeat(
         contract: args.contract,
         users: args.users,
         over_limit_share: args.over_limit_share,
-        prefix: format!("{}-h", args.common.id_prefix),
+        // playstate keeps each contract's slots apart, so runs of the two contracts must
+        // not share users: the second would find them holding the first one's slots.
+        prefix: match args.contract {
+            Contract::V1 => format!("{}-h", args.common.id_prefix),
+            Contract::Heartbeat => format!("{}-hb", args.common.id_prefix),
+        },
         seed: args.common.seed,
         connections: args.common.connections,
         targets,

@@ -5,6 +5,7 @@ use async_trait::async_trait;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+use futures_util::StreamExt;
 
 use super::{EventSink, NotDelivered};
 use crate::domain::EventRecord;
@@ -61,9 +62,47 @@ pub async fn resolve_queue(
         .ok_or_else(|| format!("queue {name} has no URL"))
 }
 
+/// SendMessageBatch takes at most this many messages.
+const SQS_BATCH: usize = 10;
+
+/// SendMessageBatch requests in flight at once while delivering one round.
+const CONCURRENT_REQUESTS: usize = 16;
+
 #[async_trait]
 impl EventSink for SqsSink {
     async fn deliver(&self, batch: &[EventRecord]) -> Result<(), NotDelivered> {
+        let mut requests = Vec::with_capacity(batch.len().div_ceil(SQS_BATCH));
+        for (n, chunk) in batch.chunks(SQS_BATCH).enumerate() {
+            requests.push(async move { (n * SQS_BATCH, self.send_batch(chunk).await) });
+        }
+        let answers: Vec<(usize, Result<(), NotDelivered>)> = futures_util::stream::iter(requests)
+            .buffer_unordered(CONCURRENT_REQUESTS)
+            .collect()
+            .await;
+        let mut failed = Vec::new();
+        let mut reason = String::new();
+        for (offset, answer) in answers {
+            if let Err(not_delivered) = answer {
+                failed.extend(not_delivered.failed.iter().map(|i| offset + i));
+                reason = not_delivered.reason;
+            }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            failed.sort_unstable();
+            Err(NotDelivered { failed, reason })
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "sqs"
+    }
+}
+
+impl SqsSink {
+    /// One SendMessageBatch; failed indexes are into `batch`.
+    async fn send_batch(&self, batch: &[EventRecord]) -> Result<(), NotDelivered> {
         let mut entries = Vec::with_capacity(batch.len());
         for (i, record) in batch.iter().enumerate() {
             let body = serde_json::to_string(record)
@@ -98,9 +137,5 @@ impl EventSink for SqsSink {
                 .unwrap_or_default();
             Err(NotDelivered { failed, reason })
         }
-    }
-
-    fn name(&self) -> &'static str {
-        "sqs"
     }
 }
