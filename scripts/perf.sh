@@ -5,6 +5,7 @@
 #
 #   scripts/perf.sh            # everything
 #   scripts/perf.sh heartbeat  # one part: baseline | heartbeat | players | writebehind
+#   scripts/perf.sh dynamodb   # not in "everything": needs npm (installs dynalite)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -117,13 +118,40 @@ writebehind() {
         tee -a "$OUT/writebehind.txt"
 }
 
+# The DynamoDB adapter against dynalite (npm; in memory, far faster than moto): the
+# write-behind run again, through BatchWriteItem over HTTP.
+dynamodb() {
+    local dir=.build/dynalite dyn_port=${DYNALITE_PORT:-14567} dyn_pid
+    if [[ ! -x $dir/node_modules/.bin/dynalite ]]; then
+        mkdir -p "$dir"
+        npm install --prefix "$dir" --no-audit --no-fund dynalite@3.2.2 >&2
+    fi
+    "$dir/node_modules/.bin/dynalite" --port "$dyn_port" >"$OUT/dynalite.log" 2>&1 &
+    dyn_pid=$!
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$dyn_port") 2>/dev/null && break
+        sleep 0.1
+    done
+    start_node dynamodb PLAYSTATE_STORE__BACKEND=dynamodb \
+        PLAYSTATE_STORE__DYNAMODB__CREATE_TABLE=true \
+        PLAYSTATE_AWS__ENDPOINT="http://127.0.0.1:$dyn_port" \
+        PLAYSTATE_AWS__ACCESS_KEY_ID=test PLAYSTATE_AWS__SECRET_ACCESS_KEY=test \
+        PLAYSTATE_PROGRESS__FLUSH_INTERVAL=60s
+    load dynamodb players --target "http://127.0.0.1:$PORT" --viewers 10000 \
+        --duration 150s
+    metrics dynamodb
+    stop_server
+    kill "$dyn_pid"
+    wait "$dyn_pid" 2>/dev/null || true
+}
+
 parts=("$@")
 [[ ${#parts[@]} -eq 0 ]] && parts=(baseline heartbeat players writebehind)
 for part in "${parts[@]}"; do
     case $part in
-    baseline | heartbeat | players | writebehind) "$part" ;;
+    baseline | heartbeat | players | writebehind | dynamodb) "$part" ;;
     *)
-        echo "unknown part: $part (baseline | heartbeat | players | writebehind)" >&2
+        echo "unknown part: $part (baseline | heartbeat | players | writebehind | dynamodb)" >&2
         exit 2
         ;;
     esac

@@ -17,7 +17,7 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::DisplayErrorContext;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, DeleteRequest, KeySchemaElement, KeyType,
-    PutRequest, ReturnValue, ScalarAttributeType, WriteRequest,
+    PutRequest, ReturnValue, ScalarAttributeType, TableStatus, WriteRequest,
 };
 
 use super::{ProgressItem, StoreError, StoredLibrary, TrailerStore, UserStore};
@@ -32,6 +32,14 @@ const UNPROCESSED_ROUNDS: u32 = 8;
 pub struct DynamoStore {
     client: Client,
     table: String,
+}
+
+/// How long start-up waits for a table it created (or found CREATING) to become ACTIVE.
+const TABLE_ACTIVE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A table serves reads and writes while ACTIVE and while UPDATING (e.g. an index build).
+fn table_usable(status: &TableStatus) -> bool {
+    matches!(status, TableStatus::Active | TableStatus::Updating)
 }
 
 fn unavailable(e: impl std::error::Error) -> StoreError {
@@ -66,7 +74,9 @@ impl DynamoStore {
         Ok(store)
     }
 
-    /// Creates the table if missing (development only: production tables belong to IaC).
+    /// Creates the table if missing (development only: production tables belong to IaC),
+    /// and waits until it is ACTIVE: DynamoDB answers CreateTable at once but refuses
+    /// reads and writes with ResourceNotFound while the table is still CREATING.
     async fn ensure_table(&self) -> Result<(), StoreError> {
         match self
             .client
@@ -75,7 +85,7 @@ impl DynamoStore {
             .send()
             .await
         {
-            Ok(_) => return Ok(()),
+            Ok(_) => return self.wait_until_active().await,
             Err(e)
                 if e.as_service_error()
                     .is_some_and(|e| e.is_resource_not_found_exception()) => {}
@@ -107,19 +117,47 @@ impl DynamoStore {
             .send()
             .await;
         match created {
-            Ok(_) => {
-                tracing::info!(table = %self.table, "created DynamoDB table");
-                Ok(())
-            }
+            Ok(_) => tracing::info!(table = %self.table, "created DynamoDB table"),
             // Another node created it first.
             Err(e)
                 if e.as_service_error()
-                    .is_some_and(|e| e.is_resource_in_use_exception()) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(unavailable(e)),
+                    .is_some_and(|e| e.is_resource_in_use_exception()) => {}
+            Err(e) => return Err(unavailable(e)),
         }
+        self.wait_until_active().await
+    }
+
+    async fn wait_until_active(&self) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        loop {
+            let status = self.table_status().await?;
+            if table_usable(&status) {
+                return Ok(());
+            }
+            if started.elapsed() >= TABLE_ACTIVE_TIMEOUT {
+                return Err(StoreError::Unavailable(format!(
+                    "table {} is still {status} after {}s",
+                    self.table,
+                    TABLE_ACTIVE_TIMEOUT.as_secs()
+                )));
+            }
+            tracing::info!(table = %self.table, %status, "waiting for the DynamoDB table to become ACTIVE");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn table_status(&self) -> Result<TableStatus, StoreError> {
+        let described = self
+            .client
+            .describe_table()
+            .table_name(&self.table)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(described
+            .table
+            .and_then(|t| t.table_status)
+            .unwrap_or(TableStatus::Active))
     }
 
     async fn write_chunk(&self, mut requests: Vec<WriteRequest>) -> Result<(), StoreError> {
@@ -296,13 +334,15 @@ impl UserStore for DynamoStore {
     }
 
     async fn check(&self) -> Result<(), StoreError> {
-        self.client
-            .describe_table()
-            .table_name(&self.table)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(unavailable)
+        let status = self.table_status().await?;
+        if table_usable(&status) {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable(format!(
+                "table {} is {status}",
+                self.table
+            )))
+        }
     }
 
     fn backend(&self) -> &'static str {
