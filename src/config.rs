@@ -189,6 +189,7 @@ pub struct ActorsConfig {
     pub tick: Duration,
     #[serde(with = "humantime_serde")]
     pub call_timeout: Duration,
+    pub host_on_http_workers: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -351,6 +351,7 @@ pub async fn run(config: Config) -> io::Result<()> {
             idle_timeout: config.actors.idle_timeout,
             tick: config.actors.tick,
             call_timeout: config.actors.call_timeout,
+            host_on_http_workers: config.actors.host_on_http_workers,
         },
         services.clone(),
     );
@@ -406,6 +407,8 @@ pub async fn run(config: Config) -> io::Result<()> {
     };
     let http_workers = threads_or_cores(config.server.workers);
     let server = HttpServer::new(move || {
+        // Runs on each worker thread as it starts.
+        Registry::host_actors_on_this_thread();
         App::new()
             .app_data(state.clone())
             .app_data(web::PayloadConfig::new(max_body))
@@ -430,12 +433,16 @@ pub async fn run(config: Config) -> io::Result<()> {
     );
 
     let handle = server.handle();
+    let leaving = registry.clone();
+    let move_deadline = config.server.shutdown_timeout;
     actix_rt::spawn(async move {
         let signal = shutdown_signal().await;
         tracing::info!(
             signal,
-            "shutting down: no new connections, finishing in-flight requests"
+            "shutting down: moving user actors off the HTTP workers"
         );
+        leaving.move_actors_off_workers(move_deadline).await;
+        tracing::info!("no new connections, finishing in-flight requests");
         handle.stop(true).await;
     });
     server.await?;

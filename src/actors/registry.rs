@@ -1,5 +1,13 @@
-//! Finds or starts the actor of a user, spreads actors over a pool of threads, and lets an
-//! idle actor retire without ever losing a request that raced with its retirement.
+//! Finds or starts the actor of a user, places it, and lets an idle actor retire without
+//! ever losing a request that raced with its retirement.
+//!
+//! Placement: an actor first needed on an HTTP worker thread lives on that thread, so the
+//! requests that worker receives for it cost no thread hop (two wake-ups and often two
+//! context switches each, the largest cost on the heartbeat path). Everything else, and
+//! everything started once the node is shutting down, lives on a pool of actor threads.
+//! actix-web drops a worker thread's tasks when HTTP stops, so before it does,
+//! `move_actors_off_workers` has each worker-hosted actor flush its progress and hand its
+//! slots to a successor on the pool.
 //!
 //! The race: a request looks up an actor's address just as the actor decides it is idle.
 //! Every request therefore carries a guard that counts it as in flight from the moment it
@@ -8,17 +16,20 @@
 //! while the count is zero, so a request either reaches a live actor or finds no entry
 //! and starts a fresh one.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::Cell;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::dev::ToEnvelope;
 use actix::{Actor, Addr, Arbiter, ArbiterHandle, Handler, MailboxError, Message};
 use dashmap::DashMap;
+use dashmap::mapref::entry::Entry as MapEntry;
 
 use super::services::UserServices;
-use super::user::{Shutdown, UserActor};
-use crate::domain::UserId;
+use super::user::{Evacuate, Shutdown, UserActor};
+use crate::domain::{StreamSlots, UserId};
 
 #[derive(Clone, Debug)]
 pub struct ActorSettings {
@@ -26,6 +37,8 @@ pub struct ActorSettings {
     pub idle_timeout: Duration,
     pub tick: Duration,
     pub call_timeout: Duration,
+    /// Start actors on the HTTP worker thread that first needs them.
+    pub host_on_http_workers: bool,
 }
 
 /// Mailbox slots per actor; one user rarely has more than a few requests queued, but a
@@ -51,11 +64,18 @@ struct Inner {
     owned_threads: Mutex<Vec<Arbiter>>,
     settings: ActorSettings,
     services: Arc<UserServices>,
+    /// Set once shutdown begins: from then on actors start on the pool only.
+    leaving_workers: AtomicBool,
 }
 
 struct Entry {
     addr: Addr<UserActor>,
     in_flight: Arc<AtomicUsize>,
+    on_http_worker: bool,
+}
+
+thread_local! {
+    static HOSTS_ACTORS: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Counts one request as in flight for as long as it lives.
@@ -127,8 +147,14 @@ impl Registry {
                 owned_threads: Mutex::new(owned),
                 settings,
                 services,
+                leaving_workers: AtomicBool::new(false),
             }),
         }
+    }
+
+    /// Marks the calling thread, an HTTP worker, as one that may host user actors.
+    pub fn host_actors_on_this_thread() {
+        HOSTS_ACTORS.set(true);
     }
 
     pub fn settings(&self) -> &ActorSettings {
@@ -194,16 +220,92 @@ impl Registry {
     }
 
     fn spawn(&self, user: &UserId) -> Entry {
-        let thread = &self.inner.threads[thread_of(user, self.inner.threads.len())];
+        let on_http_worker = self.inner.settings.host_on_http_workers
+            && HOSTS_ACTORS.get()
+            && !self.inner.leaving_workers.load(Ordering::Acquire);
+        self.start_actor(user, StreamSlots::default(), on_http_worker)
+    }
+
+    fn start_actor(&self, user: &UserId, slots: StreamSlots, on_http_worker: bool) -> Entry {
+        let thread = if on_http_worker {
+            Arbiter::current()
+        } else {
+            self.inner.threads[thread_of(user, self.inner.threads.len())].clone()
+        };
         let registry = self.clone();
         let owner = user.clone();
-        let addr = UserActor::start_in_arbiter(thread, move |ctx| {
+        let addr = UserActor::start_in_arbiter(&thread, move |ctx| {
             ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
-            UserActor::new(owner, registry)
+            UserActor::new(owner, registry, slots)
         });
         Entry {
             addr,
             in_flight: Arc::new(AtomicUsize::new(0)),
+            on_http_worker,
+        }
+    }
+
+    /// Replaces a worker-hosted actor by a successor on the pool that holds its slots, if
+    /// the entry is still that actor's and nothing is in flight to it (as in `retire`).
+    /// On `true` the actor must stop; its requests now reach the successor.
+    pub(super) fn hand_over(
+        &self,
+        user: &UserId,
+        addr: &Addr<UserActor>,
+        slots: &StreamSlots,
+    ) -> bool {
+        match self.inner.actors.entry(user.clone()) {
+            MapEntry::Occupied(mut entry)
+                if entry.get().addr == *addr
+                    && entry.get().in_flight.load(Ordering::Acquire) == 0 =>
+            {
+                let successor = self.start_actor(user, slots.clone(), false);
+                entry.insert(successor);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Moves every actor off the HTTP worker threads (flushed, slots handed to a pool
+    /// actor), waiting up to `deadline`. Call before stopping HTTP: stopping it drops
+    /// whatever still runs on its threads.
+    pub async fn move_actors_off_workers(&self, deadline: Duration) {
+        self.inner.leaving_workers.store(true, Ordering::Release);
+        let started = Instant::now();
+        // An address hashes by the identity of its channel, which never changes.
+        #[allow(clippy::mutable_key_type)]
+        let mut asked = HashSet::new();
+        loop {
+            // Repeated until none is left, so an actor started on a worker by a request
+            // that raced with the flag is moved too.
+            let on_workers: Vec<Addr<UserActor>> = self
+                .inner
+                .actors
+                .iter()
+                .filter(|entry| entry.on_http_worker)
+                .map(|entry| entry.addr.clone())
+                .collect();
+            if on_workers.is_empty() {
+                tracing::info!(
+                    actors = asked.len(),
+                    "user actors moved off the HTTP workers"
+                );
+                return;
+            }
+            if started.elapsed() >= deadline {
+                tracing::error!(
+                    actors = on_workers.len(),
+                    "user actors still on HTTP workers at the shutdown deadline"
+                );
+                return;
+            }
+            for addr in on_workers {
+                if asked.insert(addr.clone()) {
+                    addr.do_send(Evacuate);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -235,16 +337,20 @@ impl Registry {
             on_stop
         });
         let all = futures_util::future::join_all(stopped);
-        if tokio::time::timeout(deadline, all).await.is_err() {
+        let timed_out = tokio::time::timeout(deadline, all).await.is_err();
+        // Whatever is still dirty now belongs to actors that timed out, or that HTTP's
+        // stop dropped on a worker thread: it will not be written.
+        let unflushed = self.inner.services.dirty.used();
+        if timed_out || unflushed > 0 {
             tracing::error!(
-                unflushed = self.inner.services.dirty.used(),
+                unflushed,
                 "user actors did not finish flushing before the shutdown deadline"
             );
             self.inner
                 .services
                 .metrics
                 .progress_lost
-                .inc_by(self.inner.services.dirty.used() as u64);
+                .inc_by(unflushed as u64);
         }
         let threads = std::mem::take(&mut *self.inner.owned_threads.lock().expect("not poisoned"));
         for thread in threads {

@@ -49,6 +49,8 @@ pub struct UserActor {
     flushing: bool,
     /// Set by `Shutdown`: flush everything, then stop, then signal `stopped`.
     stopping: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Set by `Evacuate`: flush everything, then hand the slots to a pool actor and stop.
+    evacuating: bool,
     last_flush: Instant,
     services: Arc<UserServices>,
     registry: Registry,
@@ -58,15 +60,16 @@ pub struct UserActor {
 type LibraryResult<T> = Result<T, LibraryError>;
 
 impl UserActor {
-    pub(super) fn new(user: UserId, registry: Registry) -> UserActor {
+    pub(super) fn new(user: UserId, registry: Registry, slots: StreamSlots) -> UserActor {
         UserActor {
             user,
-            slots: StreamSlots::default(),
+            slots,
             library: None,
             library_lock: Arc::new(tokio::sync::Mutex::new(())),
             pending: 0,
             flushing: false,
             stopping: None,
+            evacuating: false,
             last_flush: Instant::now(),
             services: Arc::clone(registry.services()),
             registry,
@@ -175,6 +178,8 @@ impl UserActor {
                     actor.services.outbox.publish(room, events);
                     if actor.stopping.is_some() {
                         actor.stop_when_flushed(ctx);
+                    } else if actor.evacuating {
+                        actor.evacuate_when_flushed(ctx);
                     }
                 }
                 Err(e) => {
@@ -209,6 +214,43 @@ impl UserActor {
         if !self.flushing {
             ctx.stop();
         }
+    }
+
+    /// Flushes what is dirty, waits out library operations and in-flight requests, then
+    /// hands the slots to a successor on the pool and stops.
+    fn evacuate_when_flushed(&mut self, ctx: &mut Context<Self>) {
+        if self.stopping.is_some() {
+            return;
+        }
+        if self.dirty() > 0 {
+            self.start_flush(ctx);
+            if self.flushing {
+                // The flush's completion calls back here.
+                return;
+            }
+            // Could not even start (outbox full): try again shortly.
+            let retry = self
+                .registry
+                .settings()
+                .tick
+                .min(std::time::Duration::from_secs(1));
+            ctx.run_later(retry, |actor, ctx| actor.evacuate_when_flushed(ctx));
+            return;
+        }
+        if !self.flushing
+            && self.pending == 0
+            && self
+                .registry
+                .hand_over(&self.user, &ctx.address(), &self.slots)
+        {
+            // The successor counts these slots now.
+            self.slots = StreamSlots::default();
+            ctx.stop();
+            return;
+        }
+        ctx.run_later(EVACUATION_RETRY, |actor, ctx| {
+            actor.evacuate_when_flushed(ctx)
+        });
     }
 
     fn event(&self, event: BiEvent, at: Timestamp) -> EventRecord {
@@ -519,5 +561,24 @@ impl Handler<Shutdown> for UserActor {
     fn handle(&mut self, msg: Shutdown, ctx: &mut Context<Self>) {
         self.stopping = Some(msg.stopped);
         self.stop_when_flushed(ctx);
+    }
+}
+
+/// How soon an evacuating actor looks again when requests or store work were in flight.
+const EVACUATION_RETRY: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Move off this HTTP worker thread: the node is shutting down (see `Registry`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(super) struct Evacuate;
+
+impl Handler<Evacuate> for UserActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Evacuate, ctx: &mut Context<Self>) {
+        if !self.evacuating {
+            self.evacuating = true;
+            self.evacuate_when_flushed(ctx);
+        }
     }
 }
