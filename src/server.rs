@@ -205,9 +205,13 @@ fn jwt_verifier(config: &Config) -> io::Result<Option<JwtVerifier>> {
 }
 
 /// Records how much acknowledged progress is not yet stored, so that after a crash the
-/// next start can say how much was lost. Written at most once a second, off the hot path.
+/// next start can say how much was lost. Written at most once a second, off the hot path,
+/// and once more at exit with what this run lost, so a loss counted only in the metrics
+/// of a process that is gone still shows after the restart.
 struct UnflushedMarker {
     path: PathBuf,
+    /// What the previous run left, already added to `progress_lost` at start.
+    inherited: u64,
 }
 
 impl UnflushedMarker {
@@ -225,7 +229,10 @@ impl UnflushedMarker {
             );
             metrics.progress_lost.inc_by(lost);
         }
-        let marker = UnflushedMarker { path };
+        let marker = UnflushedMarker {
+            path,
+            inherited: lost,
+        };
         marker.record(0);
         marker
     }
@@ -455,7 +462,9 @@ pub async fn run(config: Config) -> io::Result<()> {
     tracing::info!(events = outbox.depth(), "delivering queued events");
     outbox.shutdown(deadline).await;
     unflushed_watch.abort();
-    marker.record(services.dirty.used());
+    // Whatever is still dirty was counted as lost by `registry.shutdown`.
+    let lost_in_this_run = services.metrics.progress_lost.get() - marker.inherited;
+    marker.record(lost_in_this_run as usize);
     tracing::info!("stopped");
     Ok(())
 }
