@@ -176,69 +176,58 @@ impl UserActor {
                         .map(|(asset, rise)| actor.event(BiEvent::viewed(*asset, *rise), now))
                         .collect();
                     actor.services.outbox.publish(room, events);
-                    if actor.stopping.is_some() {
-                        actor.stop_when_flushed(ctx);
-                    } else if actor.evacuating {
-                        actor.evacuate_when_flushed(ctx);
+                    if actor.leaving() {
+                        actor.leave_when_flushed(ctx);
                     }
                 }
                 Err(e) => {
                     library.progress.failed(flush);
                     tracing::warn!(user = %actor.user, error = %e, "progress flush failed; will retry");
-                    if actor.stopping.is_some() {
+                    if actor.leaving() {
                         // Shutting down with the store away: keep trying for as long as
                         // the node's shutdown window lasts.
-                        let retry = actor.registry.settings().tick.min(std::time::Duration::from_secs(1));
-                        ctx.run_later(retry, |actor, ctx| actor.stop_when_flushed(ctx));
+                        ctx.run_later(actor.flush_retry(), |actor, ctx| actor.leave_when_flushed(ctx));
                     }
                 }
             }
         }));
     }
 
-    /// Flushes what is dirty, then stops (called again when each flush completes).
-    fn stop_when_flushed(&mut self, ctx: &mut Context<Self>) {
+    /// Shutting down (`Shutdown`) or moving off an HTTP worker (`Evacuate`).
+    fn leaving(&self) -> bool {
+        self.stopping.is_some() || self.evacuating
+    }
+
+    /// How soon to try again a flush that failed or could not start.
+    fn flush_retry(&self) -> std::time::Duration {
+        self.registry
+            .settings()
+            .tick
+            .min(std::time::Duration::from_secs(1))
+    }
+
+    /// Flushes what is dirty, then leaves (called again when each flush completes): on
+    /// `Shutdown` it stops; on `Evacuate` it also waits out library operations and
+    /// in-flight requests, then hands the slots to a successor on the pool and stops.
+    fn leave_when_flushed(&mut self, ctx: &mut Context<Self>) {
         if self.dirty() > 0 {
             self.start_flush(ctx);
             if !self.flushing {
                 // Could not even start (outbox full): try again shortly.
-                let retry = self
-                    .registry
-                    .settings()
-                    .tick
-                    .min(std::time::Duration::from_secs(1));
-                ctx.run_later(retry, |actor, ctx| actor.stop_when_flushed(ctx));
+                ctx.run_later(self.flush_retry(), |actor, ctx| {
+                    actor.leave_when_flushed(ctx)
+                });
             }
             return;
         }
-        if !self.flushing {
-            ctx.stop();
+        if self.flushing {
+            return;
         }
-    }
-
-    /// Flushes what is dirty, waits out library operations and in-flight requests, then
-    /// hands the slots to a successor on the pool and stops.
-    fn evacuate_when_flushed(&mut self, ctx: &mut Context<Self>) {
         if self.stopping.is_some() {
+            ctx.stop();
             return;
         }
-        if self.dirty() > 0 {
-            self.start_flush(ctx);
-            if self.flushing {
-                // The flush's completion calls back here.
-                return;
-            }
-            // Could not even start (outbox full): try again shortly.
-            let retry = self
-                .registry
-                .settings()
-                .tick
-                .min(std::time::Duration::from_secs(1));
-            ctx.run_later(retry, |actor, ctx| actor.evacuate_when_flushed(ctx));
-            return;
-        }
-        if !self.flushing
-            && self.pending == 0
+        if self.pending == 0
             && self
                 .registry
                 .hand_over(&self.user, &ctx.address(), &self.slots)
@@ -248,9 +237,7 @@ impl UserActor {
             ctx.stop();
             return;
         }
-        ctx.run_later(EVACUATION_RETRY, |actor, ctx| {
-            actor.evacuate_when_flushed(ctx)
-        });
+        ctx.run_later(EVACUATION_RETRY, |actor, ctx| actor.leave_when_flushed(ctx));
     }
 
     fn event(&self, event: BiEvent, at: Timestamp) -> EventRecord {
@@ -560,7 +547,7 @@ impl Handler<Shutdown> for UserActor {
 
     fn handle(&mut self, msg: Shutdown, ctx: &mut Context<Self>) {
         self.stopping = Some(msg.stopped);
-        self.stop_when_flushed(ctx);
+        self.leave_when_flushed(ctx);
     }
 }
 
@@ -576,9 +563,9 @@ impl Handler<Evacuate> for UserActor {
     type Result = ();
 
     fn handle(&mut self, _msg: Evacuate, ctx: &mut Context<Self>) {
-        if !self.evacuating {
+        if !self.leaving() {
             self.evacuating = true;
-            self.evacuate_when_flushed(ctx);
+            self.leave_when_flushed(ctx);
         }
     }
 }
