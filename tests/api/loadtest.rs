@@ -12,13 +12,25 @@ use super::helpers::{TestNode, eventually};
 /// Runs `loadtest <scenario> <args>` against `node`: two seconds, four connections on two
 /// threads, no progress bar.
 async fn load(node: &TestNode, scenario: &str, args: &[&str]) -> Summary {
+    start_load(node, scenario, "2s", args)
+        .await
+        .expect("the load generator panicked")
+}
+
+/// A load run of `duration` in the background.
+fn start_load(
+    node: &TestNode,
+    scenario: &str,
+    duration: &str,
+    args: &[&str],
+) -> tokio::task::JoinHandle<Summary> {
     let mut argv = vec![
         "loadtest",
         scenario,
         "--target",
         &node.addr,
         "--duration",
-        "2s",
+        duration,
         "--connections",
         "4",
         "--threads",
@@ -27,11 +39,11 @@ async fn load(node: &TestNode, scenario: &str, args: &[&str]) -> Summary {
     ];
     argv.extend_from_slice(args);
     let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+    let argv = argv.join(" ");
     // The run blocks on threads of its own until it is over.
-    tokio::task::spawn_blocking(move || ::loadtest::run(cli))
-        .await
-        .expect("the load generator panicked")
-        .unwrap_or_else(|e| panic!("{argv:?}: {e:#}"))
+    tokio::task::spawn_blocking(move || {
+        ::loadtest::run(cli).unwrap_or_else(|e| panic!("{argv}: {e:#}"))
+    })
 }
 
 /// What every run must show: it ran its course, and every request got an HTTP answer.
@@ -209,26 +221,12 @@ async fn players_scenario() {
 async fn a_graceful_stop_under_load_loses_no_progress() {
     // Progress stays buffered until shutdown: only the shutdown path can store it.
     let mut node = TestNode::spawn("[progress]\nflush_interval = \"1h\"\n").await;
-    let argv = [
-        "loadtest",
+    let players = start_load(
+        &node,
         "players",
-        "--target",
-        &node.addr,
-        "--duration",
         "3s",
-        "--connections",
-        "4",
-        "--threads",
-        "2",
-        "--quiet",
-        "--viewers",
-        "200",
-        "--speedup",
-        "20",
-        "--no-watchlist",
-    ];
-    let cli = Cli::try_parse_from(argv).expect("arguments");
-    let players = tokio::task::spawn_blocking(move || ::loadtest::run(cli));
+        &["--viewers", "200", "--speedup", "20", "--no-watchlist"],
+    );
     eventually("progress buffered in user actors", || async {
         (node.metric("playstate_progress_dirty_entries").await >= 50.0).then_some(())
     })
@@ -250,10 +248,7 @@ async fn a_graceful_stop_under_load_loses_no_progress() {
         assert!(!logs.contains(failure), "{failure}; logs:\n{logs}");
     }
 
-    let summary = players
-        .await
-        .expect("the load generator panicked")
-        .expect("the load generator ran");
+    let summary = players.await.expect("the load generator panicked");
     // Before the stop every answer was a success; after it, connections were refused.
     assert!(summary.count("progress", 200) > 0);
     for (name, op) in &summary.operations {
