@@ -122,6 +122,15 @@ impl TestNode {
         format!("{}{path}", self.addr)
     }
 
+    /// `GET path` without credentials.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
     /// A request as `user` (bearer token with `sub = user`).
     pub fn as_user(
         &self,
@@ -148,11 +157,8 @@ impl TestNode {
 
     pub async fn metrics(&self) -> HashMap<String, f64> {
         let text = self
-            .client
-            .get(self.url("/metrics"))
-            .send()
+            .get("/metrics")
             .await
-            .expect("GET /metrics")
             .text()
             .await
             .expect("metrics body");

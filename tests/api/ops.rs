@@ -62,15 +62,7 @@ async fn an_actor_holding_a_live_slot_is_not_passivated() {
 #[tokio::test]
 async fn metrics_are_prometheus_text_and_count_what_happened() {
     let node = TestNode::spawn("").await;
-    let text = node
-        .client
-        .get(node.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = node.get("/metrics").await.text().await.unwrap();
     let typed: HashSet<&str> = text
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
@@ -168,7 +160,7 @@ async fn correlation_ids_are_echoed_and_logged_with_the_request() {
         .await
         .unwrap();
     assert_eq!(given.headers()["x-correlation-id"], "req-7f3a");
-    let generated = node.client.get(node.url("/health")).send().await.unwrap();
+    let generated = node.get("/health").await;
     let id = generated.headers()["x-correlation-id"]
         .to_str()
         .unwrap()
@@ -194,10 +186,10 @@ async fn correlation_ids_are_echoed_and_logged_with_the_request() {
 #[tokio::test]
 async fn health_and_ready() {
     let node = TestNode::spawn("").await;
-    let health = node.client.get(node.url("/health")).send().await.unwrap();
+    let health = node.get("/health").await;
     assert_eq!(health.status(), 200);
     assert_eq!(health.text().await.unwrap(), r#"{"status":"OK"}"#);
-    let ready = node.client.get(node.url("/ready")).send().await.unwrap();
+    let ready = node.get("/ready").await;
     assert_eq!(ready.status(), 200);
     let clock = node
         .client

@@ -47,7 +47,7 @@ async fn an_emulator_outage_loses_nothing() {
     })
     .await;
     assert!(node.metric("playstate_store_errors_total").await > errors_before);
-    let ready = node.client.get(node.url("/ready")).send().await.unwrap();
+    let ready = node.get("/ready").await;
     assert_eq!(ready.status(), 503);
 
     // The emulator comes back empty, as a fresh region would; the operator recreates.
@@ -65,7 +65,7 @@ async fn an_emulator_outage_loses_nothing() {
         (&json!(0), &json!(90))
     );
     assert_eq!(node.metric("playstate_progress_dirty_entries").await, 0.0);
-    let ready = node.client.get(node.url("/ready")).send().await.unwrap();
+    let ready = node.get("/ready").await;
     assert_eq!(ready.status(), 200);
     // The refused edit changed nothing: the watchlist is as it was before the outage.
     let list: serde_json::Value = node.get_json("/v1/watchlist", &u).await;

@@ -118,13 +118,7 @@ async fn v1_streams_rows_of_the_contract() {
 #[tokio::test]
 async fn streamy_rows_of_the_contract() {
     let node = TestNode::spawn("").await;
-    expect(
-        node.client.get(node.url("/health")).send().await.unwrap(),
-        200,
-        JSON,
-        r#"{"status":"OK"}"#,
-    )
-    .await;
+    expect(node.get("/health").await, 200, JSON, r#"{"status":"OK"}"#).await;
     let ok = streamy(
         &node,
         Method::POST,
@@ -318,19 +312,9 @@ async fn video_streams_rows_of_the_contract() {
         r#"{"message":"User watching too many video streams."}"#,
     )
     .await;
-    let listed = node
-        .client
-        .get(node.url("/user/vs/streams"))
-        .send()
-        .await
-        .unwrap();
+    let listed = node.get("/user/vs/streams").await;
     expect(listed, 200, JSON, r#"{"streams":["1","2","3"]}"#).await;
-    let nobody = node
-        .client
-        .get(node.url("/user/nobody/streams"))
-        .send()
-        .await
-        .unwrap();
+    let nobody = node.get("/user/nobody/streams").await;
     expect(nobody, 200, JSON, r#"{"streams":[]}"#).await;
     let missing = node
         .client
@@ -378,11 +362,8 @@ async fn every_contract_counts_against_the_same_limit() {
     assert_eq!(watch(&node, u, "film").await.status(), 403);
     assert_eq!(heartbeat_v1(&node, u, "phone", "film").await.status(), 429);
     let listed: Value = node
-        .client
-        .get(node.url(&format!("/user/{u}/streams")))
-        .send()
+        .get(&format!("/user/{u}/streams"))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -484,11 +465,8 @@ async fn heartbeat_pairs_expire_and_subscriptions_get_the_long_lease() {
     assert_eq!(watch(&node, u, "video").await.status(), 200);
     advance_clock(&node, 40_000).await;
     let listed: Value = node
-        .client
-        .get(node.url(&format!("/user/{u}/streams")))
-        .send()
+        .get(&format!("/user/{u}/streams"))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -661,12 +639,7 @@ async fn bad_stream_input_gets_a_4xx_and_changes_nothing() {
             "application/problem+json"
         );
     }
-    let unknown = node
-        .client
-        .get(node.url("/no/such/route"))
-        .send()
-        .await
-        .unwrap();
+    let unknown = node.get("/no/such/route").await;
     assert_eq!(unknown.status(), 404);
     assert_eq!(sessions(&node, &u).await.len(), 2);
     let server_errors: Vec<String> = node

@@ -267,20 +267,12 @@ async fn trailer_service_rows_of_the_contract() {
     )
     .await;
     let native = node
-        .client
-        .get(node.url("/v1/trailers?url=https://content.viaplay.se/pc-se/film/never-onboarded"))
-        .send()
-        .await
-        .unwrap();
+        .get("/v1/trailers?url=https://content.viaplay.se/pc-se/film/never-onboarded")
+        .await;
     assert_eq!(native.status(), 404);
     assert_eq!(native.headers()["content-type"], "application/problem+json");
 
-    let health = node
-        .client
-        .get(node.url("/api/v1/health"))
-        .send()
-        .await
-        .unwrap();
+    let health = node.get("/api/v1/health").await;
     assert_eq!(health.status(), 200);
     let health: Value = health.json().await.unwrap();
     assert_eq!(health["status"], "ok");
@@ -304,15 +296,7 @@ async fn trailer_service_rows_of_the_contract() {
     );
     // Without a token the node still serves, and says why onboarding is off.
     assert!(node.logs().contains("trailer onboarding is off"));
-    assert_eq!(
-        node.client
-            .get(node.url("/ready"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(node.get("/ready").await.status(), 200);
 
     let production = TestNode::spawn("").await;
     let hidden = production
