@@ -5,7 +5,9 @@
 //! (as wrk does). Nothing is shared between threads in the send path except a few atomic
 //! counters, so adding threads scales until the cores run out.
 
+use std::cell::RefCell;
 use std::future::Future;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -149,6 +151,21 @@ where
 }
 
 /// Which connections (of `connections`, numbered from 0) thread `shard` of `threads` owns.
+/// Waits for a shard's connection tasks and hands back the statistics they shared.
+pub async fn finish_shard(
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    stats: Rc<RefCell<ShardStats>>,
+) -> ShardStats {
+    for task in tasks {
+        // A panicking connection task is a bug; surface it rather than under-report.
+        task.await.expect("connection task panicked");
+    }
+    Rc::try_unwrap(stats)
+        .ok()
+        .expect("all connection tasks have finished")
+        .into_inner()
+}
+
 pub fn connections_of(shard: usize, threads: usize, connections: u32) -> impl Iterator<Item = u32> {
     (shard as u32..connections).step_by(threads.max(1))
 }

@@ -20,7 +20,7 @@ use http::Method;
 use crate::cli::Contract;
 use crate::client::{Conn, Req, header_value};
 use crate::ids;
-use crate::runner::{Control, ShardStats, connections_of};
+use crate::runner::{Control, ShardStats, connections_of, finish_shard};
 use crate::stats::{Live, Timing};
 use crate::target::Target;
 
@@ -193,14 +193,7 @@ pub async fn shard(plan: Arc<Plan>, ctl: Arc<Control>, index: usize, threads: us
             tokio::task::spawn_local(async move { connection(&plan, &ctl, c, &stats).await })
         })
         .collect();
-    for task in tasks {
-        // A panicking connection task is a bug; surface it rather than under-report.
-        task.await.expect("connection task panicked");
-    }
-    Rc::try_unwrap(stats)
-        .ok()
-        .expect("all connection tasks have finished")
-        .into_inner()
+    finish_shard(tasks, stats).await
 }
 
 async fn connection(plan: &Plan, ctl: &Control, index: u32, stats: &RefCell<ShardStats>) {

@@ -20,7 +20,7 @@ use tokio::sync::Notify;
 
 use crate::client::{Conn, Req, header_value};
 use crate::ids;
-use crate::runner::{Control, ShardStats, connections_of};
+use crate::runner::{Control, ShardStats, connections_of, finish_shard};
 use crate::schedule::{Fire, Schedule, random_phase};
 use crate::stats::{ErrorKind, Live, Timing};
 use crate::target::Target;
@@ -272,13 +272,7 @@ pub async fn shard(
         })
         .collect();
     dispatch(population, &ctl, &queue, &stats).await;
-    for w in workers {
-        w.await.expect("connection task panicked");
-    }
-    Rc::try_unwrap(stats)
-        .ok()
-        .expect("all connection tasks have finished")
-        .into_inner()
+    finish_shard(workers, stats).await
 }
 
 /// Hands each request to the connections when it is due, until the run ends.
