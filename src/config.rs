@@ -197,6 +197,30 @@ pub struct ActorsConfig {
 pub struct ClusterConfig {
     pub node_id: u64,
     pub shards: u32,
+    /// Raft, forwarding, handoff and admin: never the player listener.
+    pub listen: SocketAddr,
+    /// Bearer token every cluster-listener route requires.
+    pub secret: String,
+    /// Cluster addresses of existing members to join through.
+    pub join: Vec<String>,
+    /// Voters wanted; further nodes stay learners (and still own shards).
+    pub voters: usize,
+    /// How long a request for a shard being handed over waits before a 503.
+    #[serde(with = "humantime_serde")]
+    pub handoff_wait: Duration,
+    /// Shards moved per handoff batch.
+    pub handoff_batch: usize,
+    /// Raft leader heartbeat.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// Raft election timeout (randomized between this and twice this).
+    #[serde(with = "humantime_serde")]
+    pub election_timeout: Duration,
+    /// Raft log entries between snapshots.
+    pub snapshot_every: u64,
+    /// How long a planned stop (SIGTERM) waits for this node's shards to be handed over.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -234,6 +258,9 @@ pub struct DevConfig {
 pub struct Overrides {
     pub listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
+    pub cluster_listen: Option<SocketAddr>,
+    pub node_id: Option<u64>,
+    pub join: Option<Vec<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -265,6 +292,15 @@ impl Config {
         }
         if let Some(dir) = &overrides.data_dir {
             config.storage.data_dir = dir.clone();
+        }
+        if let Some(listen) = overrides.cluster_listen {
+            config.cluster.listen = listen;
+        }
+        if let Some(id) = overrides.node_id {
+            config.cluster.node_id = id;
+        }
+        if let Some(join) = &overrides.join {
+            config.cluster.join = join.clone();
         }
         config.validate()?;
         Ok(config)
@@ -366,8 +402,42 @@ impl Config {
                 "must be at most 20s (the SQS maximum)",
             );
         }
-        if self.cluster.node_id == 0 {
+        let cluster = &self.cluster;
+        if cluster.node_id == 0 {
             return invalid("cluster.node_id", "must be at least 1");
+        }
+        if !cluster.listen.ip().is_loopback() && cluster.secret.is_empty() {
+            return invalid(
+                "cluster.secret",
+                format!(
+                    "must be set (e.g. PLAYSTATE_CLUSTER__SECRET) when cluster.listen ({}) is \
+                     not a loopback address: anyone who reaches it could move shards",
+                    cluster.listen
+                ),
+            );
+        }
+        if cluster.voters == 0 {
+            return invalid("cluster.voters", "must be at least 1");
+        }
+        if cluster.handoff_batch == 0 {
+            return invalid("cluster.handoff_batch", "must be at least 1");
+        }
+        if cluster.heartbeat_interval.is_zero()
+            || cluster.election_timeout <= cluster.heartbeat_interval * 2
+        {
+            return invalid(
+                "cluster.election_timeout",
+                "must be more than twice cluster.heartbeat_interval (and that more than 0)",
+            );
+        }
+        if cluster.handoff_wait.is_zero() {
+            return invalid("cluster.handoff_wait", "must be longer than 0");
+        }
+        if cluster.snapshot_every < 10 {
+            return invalid("cluster.snapshot_every", "must be at least 10");
+        }
+        if let Some(bad) = cluster.join.iter().find(|a| !a.contains(':')) {
+            return invalid("cluster.join", format!("`{bad}` is not HOST:PORT"));
         }
         Ok(())
     }

@@ -4,6 +4,7 @@
 //! `domain` holds the rules and no I/O; everything else is plumbing around it.
 
 pub mod actors;
+pub mod admin;
 pub mod api;
 pub mod aws;
 pub mod catalog;

@@ -28,6 +28,20 @@ struct Cli {
     /// Directory for this node's files; beats the config.
     #[arg(long = "data-dir", global = true, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Address of the cluster listener (port 0 picks a free one); beats the config.
+    #[arg(long = "cluster-listen", global = true, value_name = "ADDR:PORT")]
+    cluster_listen: Option<SocketAddr>,
+    /// This node's id in the cluster (never reuse a removed node's id).
+    #[arg(long = "node-id", global = true, value_name = "N")]
+    node_id: Option<u64>,
+    /// Cluster addresses of existing members to join through (comma-separated).
+    #[arg(
+        long,
+        global = true,
+        value_name = "HOST:PORT[,HOST:PORT...]",
+        value_delimiter = ','
+    )]
+    join: Option<Vec<String>>,
 }
 
 #[derive(Subcommand)]
@@ -36,13 +50,46 @@ enum Command {
     Serve,
     /// Print the effective configuration; exit non-zero if it is invalid.
     CheckConfig,
+    /// Operate a cluster through any member (secret from PLAYSTATE_CLUSTER__SECRET).
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Members, leader, term, shards per node and handoffs in progress.
+    Status {
+        /// Cluster address (HOST:PORT) of any member.
+        #[arg(long = "cluster-addr", value_name = "HOST:PORT")]
+        cluster_addr: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drain a node and remove it from the cluster; it then exits by itself.
+    Leave {
+        /// Cluster address (HOST:PORT) of any member.
+        #[arg(long = "cluster-addr", value_name = "HOST:PORT")]
+        cluster_addr: String,
+        /// The node to remove.
+        #[arg(long = "node-id", value_name = "N")]
+        node_id: u64,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Cluster { command }) = cli.command {
+        return playstate::admin::run(admin_command(command));
+    }
     let overrides = Overrides {
         listen: cli.listen,
         data_dir: cli.data_dir,
+        cluster_listen: cli.cluster_listen,
+        node_id: cli.node_id,
+        join: cli.join,
     };
     let config = match Config::load(cli.config.as_deref(), &overrides) {
         Ok(config) => config,
@@ -57,6 +104,23 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Serve => serve(config),
+        Command::Cluster { .. } => unreachable!("handled before the configuration is read"),
+    }
+}
+
+fn admin_command(command: ClusterCommand) -> playstate::admin::AdminCommand {
+    use playstate::admin::AdminCommand;
+    match command {
+        ClusterCommand::Status { cluster_addr, json } => {
+            AdminCommand::Status { cluster_addr, json }
+        }
+        ClusterCommand::Leave {
+            cluster_addr,
+            node_id,
+        } => AdminCommand::Leave {
+            cluster_addr,
+            node_id,
+        },
     }
 }
 

@@ -2,8 +2,9 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
+use std::time::Instant;
 
 use actix_web::http::header::HeaderName;
 use actix_web::middleware::from_fn;
@@ -18,20 +19,20 @@ use crate::api::trailers::TrailersApi;
 use crate::api::{self, AppState, DevRoutes};
 use crate::catalog::Catalog;
 use crate::clock::Clock;
-use crate::cluster::{NodeId, Router, ShardTable};
+use crate::cluster::{
+    Cluster, ClusterSettings, NodeAddr, NodeId, ReplicatedTrailerCache, Router, ShardId,
+};
 use crate::config::{CatalogKind, Config, EventSinkKind, StoreBackend, threads_or_cores};
-use crate::domain::ContentUrl;
 use crate::domain::StreamPolicy;
 use crate::events::file::FileSink;
 use crate::events::sqs::SqsSink;
 use crate::events::sqs::resolve_queue;
 use crate::events::{EventSink, Outbox};
-use crate::retry;
 use crate::store::dynamo::DynamoStore;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::{MeteredStore, TrailerStore, UserStore};
 use crate::telemetry::Metrics;
-use crate::trailers::{LocalTrailerCache, Onboarding, Resolver, TrailerCache, refresher};
+use crate::trailers::{Onboarding, Resolver, TrailerCache, refresher};
 use crate::users::Users;
 
 fn startup_error(what: impl std::fmt::Display) -> io::Error {
@@ -59,35 +60,6 @@ async fn open_store(
             (store.clone(), store)
         }
     })
-}
-
-/// Fills the trailer cache from the store, retrying until the store answers.
-async fn fill_trailer_cache(store: Arc<dyn TrailerStore>, cache: Arc<dyn TrailerCache>) {
-    let mut attempt = 0;
-    loop {
-        match store.all_trailers().await {
-            Ok(entries) => {
-                let count = entries.len();
-                for entry in entries {
-                    if let Some(url) = ContentUrl::parse(&entry.url, "") {
-                        cache.put(url.key(), entry);
-                    }
-                }
-                tracing::info!(entries = count, "trailer cache filled from the store");
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read trailers from the store yet");
-                tokio::time::sleep(retry::backoff(
-                    attempt,
-                    Duration::from_millis(500),
-                    Duration::from_secs(30),
-                ))
-                .await;
-                attempt += 1;
-            }
-        }
-    }
 }
 
 /// Starts onboarding (consumer and refresher) when a TMDB token is configured, and
@@ -261,212 +233,501 @@ fn stream_policy(config: &Config) -> StreamPolicy {
     }
 }
 
+/// Why a node stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// SIGTERM, SIGINT, or `NodeHandle::stop`: a planned stop (drains first in a cluster).
+    Asked(&'static str),
+    /// The cluster removed this node (`cluster leave`): it has no shards left.
+    Removed,
+}
+
+/// Asks a running node to stop, as SIGTERM would.
+#[derive(Clone)]
+pub struct NodeHandle {
+    stop: tokio::sync::watch::Sender<Option<StopReason>>,
+    pub player_addr: SocketAddr,
+    pub cluster_addr: SocketAddr,
+}
+
+impl NodeHandle {
+    pub fn stop(&self) {
+        self.stop.send_replace(Some(StopReason::Asked("stop")));
+    }
+}
+
+/// A node built and listening, not yet serving: `run_until_stopped` serves it.
+pub struct Node {
+    config: Config,
+    handle: NodeHandle,
+    stopping: tokio::sync::watch::Receiver<Option<StopReason>>,
+    player: actix_web::dev::Server,
+    cluster_server: actix_web::dev::Server,
+    cluster: Cluster,
+    registry: Registry,
+    outbox: Outbox,
+    services: Arc<UserServices>,
+    marker: Arc<UnflushedMarker>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn bind(addr: SocketAddr, what: &str) -> io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen for {what} on {addr}: {e}")))
+}
+
 /// Runs a node until SIGTERM or SIGINT, then drains it. Must run inside an actix `System`.
 pub async fn run(config: Config) -> io::Result<()> {
-    std::fs::create_dir_all(&config.storage.data_dir).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!(
-                "cannot create data dir {}: {e}",
-                config.storage.data_dir.display()
-            ),
-        )
-    })?;
-    let metrics = Arc::new(Metrics::new());
-    let clock = if config.dev.manual_clock {
-        tracing::warn!("dev.manual_clock is on: time only moves via POST /dev/clock/advance");
-        Clock::manual()
-    } else {
-        Clock::System
-    };
-    let needs_aws = config.store.backend == StoreBackend::Dynamodb
-        || config.events.sink == EventSinkKind::Sqs
-        || !config.trailers.tmdb_token.is_empty()
-        || config.dev.endpoints;
-    let sdk = if needs_aws {
-        Some(crate::aws::sdk_config(&config.aws).await)
-    } else {
-        None
-    };
-    let (user_store, trailer_store) = open_store(&config, sdk.as_ref()).await?;
-    let store: Arc<dyn UserStore> = Arc::new(MeteredStore::new(user_store, metrics.clone()));
-    let trailer_cache: Arc<dyn TrailerCache> = Arc::new(LocalTrailerCache::new(metrics.clone()));
-    actix_rt::spawn(fill_trailer_cache(
-        trailer_store.clone(),
-        trailer_cache.clone(),
-    ));
-    let publisher = start_trailers(
-        &config,
-        sdk.as_ref(),
-        trailer_store,
-        trailer_cache.clone(),
-        clock.clone(),
-        metrics.clone(),
-    )
-    .await?;
-    let sink = open_sink(&config, sdk.as_ref()).await?;
-    tracing::info!(
-        store = store.backend(),
-        events = sink.name(),
-        "storage ready"
-    );
-    let outbox = Outbox::start(
-        sink,
-        config.events.outbox_capacity,
-        config.storage.data_dir.join("outbox.spool"),
-        metrics.clone(),
-    );
-    let marker = Arc::new(UnflushedMarker::open(&config.storage.data_dir, &metrics));
-    let services = Arc::new(UserServices {
-        store: store.clone(),
-        flusher: Flusher::start(store.clone(), metrics.clone()),
-        outbox: outbox.clone(),
-        dirty: DirtyBudget::new(config.progress.max_dirty_entries, metrics.clone()),
-        flush_interval: config.progress.flush_interval,
-        clock: clock.clone(),
-        metrics: metrics.clone(),
-    });
-    let unflushed_watch = {
-        let services = services.clone();
-        let marker = marker.clone();
-        actix_rt::spawn(async move {
-            let mut last = 0;
-            loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                let now = services.dirty.used();
-                if now != last {
-                    marker.record(now);
-                    last = now;
-                }
-            }
-        })
-    };
-    let catalog = match config.catalog.kind {
-        CatalogKind::None => Catalog::Open,
-        CatalogKind::Http => Catalog::http(
-            &config.catalog.base_url,
-            config.catalog.timeout,
-            config.catalog.cache_ttl,
-        )
-        .map_err(startup_error)?,
-    };
-    let jwt = jwt_verifier(&config)?;
-    let actor_threads = threads_or_cores(config.actors.threads);
-    let registry = Registry::start(
-        ActorSettings {
-            threads: actor_threads,
-            idle_timeout: config.actors.idle_timeout,
-            tick: config.actors.tick,
-            call_timeout: config.actors.call_timeout,
-            host_on_http_workers: config.actors.host_on_http_workers,
-        },
-        services.clone(),
-    );
-    let local = NodeId(config.cluster.node_id);
-    let router = Router::new(local, ShardTable::single_node(config.cluster.shards, local));
-    let users = Users::new(
-        router,
-        registry.clone(),
-        stream_policy(&config),
-        metrics.clone(),
-    );
-    let plan_header = if config.streams.trust_plan_header {
-        Some(
-            HeaderName::try_from(config.streams.plan_header.as_str()).map_err(|e| {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("streams.plan_header: {e}"),
-                )
-            })?,
-        )
-    } else {
-        None
-    };
-    let state = web::Data::new(AppState {
-        users,
-        metrics,
-        clock,
-        max_body_bytes: config.server.max_body_bytes,
-        plan_header,
-        request_log: config.log.requests,
-        catalog,
-        max_progress_seconds: config.progress.max_seconds,
-        jwt,
-        store,
-        trailers: TrailersApi {
-            cache: trailer_cache,
-            prefix: config.trailers.content_url_prefix.clone(),
-            publisher,
-        },
-    });
-
-    let listener = TcpListener::bind(config.server.listen).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("cannot listen on {}: {e}", config.server.listen),
-        )
-    })?;
-    let addr = listener.local_addr()?;
-    let max_body = config.server.max_body_bytes;
-    let dev_routes = DevRoutes {
-        clock: config.dev.manual_clock,
-        publish: config.dev.endpoints,
-    };
-    let http_workers = threads_or_cores(config.server.workers);
-    let server = HttpServer::new(move || {
-        // Runs on each worker thread as it starts.
-        Registry::host_actors_on_this_thread();
-        App::new()
-            .app_data(state.clone())
-            .app_data(web::PayloadConfig::new(max_body))
-            .wrap(from_fn(api::middleware::observe))
-            .configure(|cfg| api::routes(cfg, dev_routes))
-            .default_service(web::to(api::ops::not_found))
-    })
-    .workers(http_workers)
-    .disable_signals()
-    .shutdown_timeout(config.server.shutdown_timeout.as_secs().max(1))
-    .listen(listener)?
-    .run();
-
-    tracing::info!(
-        addr = %addr,
-        node_id = local.0,
-        http_workers,
-        actor_threads,
-        data_dir = %config.storage.data_dir.display(),
-        stream_limit = config.streams.limit,
-        "listening"
-    );
-
-    let handle = server.handle();
-    let leaving = registry.clone();
-    let move_deadline = config.server.shutdown_timeout;
+    let node = Node::build(config).await?;
+    let handle = node.handle();
     actix_rt::spawn(async move {
         let signal = shutdown_signal().await;
-        tracing::info!(
-            signal,
-            "shutting down: moving user actors off the HTTP workers"
-        );
-        leaving.move_actors_off_workers(move_deadline).await;
-        tracing::info!("no new connections, finishing in-flight requests");
-        handle.stop(true).await;
+        handle.stop.send_replace(Some(StopReason::Asked(signal)));
     });
-    server.await?;
-    let deadline = config.server.shutdown_timeout;
-    tracing::info!(
-        actors = registry.len(),
-        "HTTP stopped; flushing and stopping user actors"
-    );
-    registry.shutdown(deadline).await;
-    tracing::info!(events = outbox.depth(), "delivering queued events");
-    outbox.shutdown(deadline).await;
-    unflushed_watch.abort();
-    // Whatever is still dirty was counted as lost by `registry.shutdown`.
-    let lost_in_this_run = services.metrics.progress_lost.get() - marker.inherited;
-    marker.record(lost_in_this_run as usize);
-    tracing::info!("stopped");
-    Ok(())
+    node.run_until_stopped().await
+}
+
+impl Node {
+    /// Opens storage, binds both listeners and starts Raft; serves nothing until run.
+    pub async fn build(config: Config) -> io::Result<Node> {
+        std::fs::create_dir_all(&config.storage.data_dir).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot create data dir {}: {e}",
+                    config.storage.data_dir.display()
+                ),
+            )
+        })?;
+        let metrics = Arc::new(Metrics::new());
+        let clock = if config.dev.manual_clock {
+            tracing::warn!("dev.manual_clock is on: time only moves via POST /dev/clock/advance");
+            Clock::manual()
+        } else {
+            Clock::System
+        };
+        let needs_aws = config.store.backend == StoreBackend::Dynamodb
+            || config.events.sink == EventSinkKind::Sqs
+            || !config.trailers.tmdb_token.is_empty()
+            || config.dev.endpoints;
+        let sdk = if needs_aws {
+            Some(crate::aws::sdk_config(&config.aws).await)
+        } else {
+            None
+        };
+        let (user_store, trailer_store) = open_store(&config, sdk.as_ref()).await?;
+        let store: Arc<dyn UserStore> = Arc::new(MeteredStore::new(user_store, metrics.clone()));
+
+        let player_listener = bind(config.server.listen, "players")?;
+        let cluster_listener = bind(config.cluster.listen, "the cluster")?;
+        let player_addr = player_listener.local_addr()?;
+        let cluster_addr = cluster_listener.local_addr()?;
+        let local = NodeId(config.cluster.node_id);
+        let router = Router::new(local, config.cluster.shards);
+        let cluster = Cluster::open(
+            cluster_settings(&config),
+            &config.storage.data_dir,
+            NodeAddr {
+                player_addr: player_addr.to_string(),
+                cluster_addr: cluster_addr.to_string(),
+            },
+            router.clone(),
+            metrics.clone(),
+        )
+        .await
+        .map_err(startup_error)?;
+        let trailer_cache: Arc<dyn TrailerCache> =
+            Arc::new(ReplicatedTrailerCache::new(cluster.clone()));
+        let publisher = start_trailers(
+            &config,
+            sdk.as_ref(),
+            trailer_store,
+            trailer_cache.clone(),
+            clock.clone(),
+            metrics.clone(),
+        )
+        .await?;
+        let sink = open_sink(&config, sdk.as_ref()).await?;
+        tracing::info!(
+            store = store.backend(),
+            events = sink.name(),
+            "storage ready"
+        );
+        let outbox = Outbox::start(
+            sink,
+            config.events.outbox_capacity,
+            config.storage.data_dir.join("outbox.spool"),
+            metrics.clone(),
+        );
+        let marker = Arc::new(UnflushedMarker::open(&config.storage.data_dir, &metrics));
+        let services = Arc::new(UserServices {
+            store: store.clone(),
+            flusher: Flusher::start(store.clone(), metrics.clone()),
+            outbox: outbox.clone(),
+            dirty: DirtyBudget::new(config.progress.max_dirty_entries, metrics.clone()),
+            flush_interval: config.progress.flush_interval,
+            clock: clock.clone(),
+            metrics: metrics.clone(),
+        });
+        let catalog = match config.catalog.kind {
+            CatalogKind::None => Catalog::Open,
+            CatalogKind::Http => Catalog::http(
+                &config.catalog.base_url,
+                config.catalog.timeout,
+                config.catalog.cache_ttl,
+            )
+            .map_err(startup_error)?,
+        };
+        let jwt = jwt_verifier(&config)?;
+        let actor_threads = threads_or_cores(config.actors.threads);
+        let registry = Registry::start(
+            ActorSettings {
+                threads: actor_threads,
+                idle_timeout: config.actors.idle_timeout,
+                tick: config.actors.tick,
+                call_timeout: config.actors.call_timeout,
+                host_on_http_workers: config.actors.host_on_http_workers,
+                shards: config.cluster.shards,
+            },
+            services.clone(),
+        );
+        let users = Users::new(
+            router.clone(),
+            registry.clone(),
+            cluster.peers().clone(),
+            stream_policy(&config),
+            metrics.clone(),
+            config.cluster.handoff_wait,
+        );
+        let plan_header = if config.streams.trust_plan_header {
+            Some(
+                HeaderName::try_from(config.streams.plan_header.as_str()).map_err(|e| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("streams.plan_header: {e}"),
+                    )
+                })?,
+            )
+        } else {
+            None
+        };
+        let state = web::Data::new(AppState {
+            users,
+            metrics: metrics.clone(),
+            clock,
+            max_body_bytes: config.server.max_body_bytes,
+            plan_header,
+            request_log: config.log.requests,
+            catalog,
+            max_progress_seconds: config.progress.max_seconds,
+            jwt,
+            store,
+            trailers: TrailersApi {
+                cache: trailer_cache,
+                prefix: config.trailers.content_url_prefix.clone(),
+                publisher,
+            },
+            cluster: cluster.clone(),
+        });
+
+        let max_body = config.server.max_body_bytes;
+        let dev_routes = DevRoutes {
+            clock: config.dev.manual_clock,
+            publish: config.dev.endpoints,
+        };
+        let http_workers = threads_or_cores(config.server.workers);
+        let player_state = state.clone();
+        let player = HttpServer::new(move || {
+            // Runs on each worker thread as it starts.
+            Registry::host_actors_on_this_thread();
+            App::new()
+                .app_data(player_state.clone())
+                .app_data(web::PayloadConfig::new(max_body))
+                .wrap(from_fn(api::middleware::observe))
+                .configure(|cfg| api::routes(cfg, dev_routes))
+                .default_service(web::to(api::ops::not_found))
+        })
+        .workers(http_workers)
+        .disable_signals()
+        .shutdown_timeout(config.server.shutdown_timeout.as_secs().max(1))
+        .listen(player_listener)?
+        .run();
+        let cluster_server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                // Raft appends and handoff transfers are far larger than player requests.
+                .app_data(web::JsonConfig::default().limit(CLUSTER_BODY_LIMIT))
+                .configure(api::cluster::routes)
+                .default_service(web::to(api::ops::not_found))
+        })
+        .workers(2)
+        .disable_signals()
+        .shutdown_timeout(config.server.shutdown_timeout.as_secs().max(1))
+        .listen(cluster_listener)?
+        .run();
+
+        tracing::info!(
+            addr = %player_addr,
+            cluster_addr = %cluster_addr,
+            node_id = local.0,
+            http_workers,
+            actor_threads,
+            data_dir = %config.storage.data_dir.display(),
+            stream_limit = config.streams.limit,
+            "listening"
+        );
+        let (stop, stopping) = tokio::sync::watch::channel(None);
+        let handle = NodeHandle {
+            stop,
+            player_addr,
+            cluster_addr,
+        };
+        let mut workers = vec![
+            actix_rt::spawn(record_unflushed(services.clone(), marker.clone())),
+            actix_rt::spawn(cluster.clone().watch_metrics(metrics.clone())),
+            actix_rt::spawn(crate::cluster::controller::run(
+                cluster.clone(),
+                metrics.clone(),
+            )),
+            actix_rt::spawn(follow_shard_table(
+                router,
+                registry.clone(),
+                cluster.clone(),
+                metrics,
+                handle.stop.clone(),
+            )),
+        ];
+        workers.push(actix_rt::spawn(form_cluster(
+            cluster.clone(),
+            config.cluster.join.clone(),
+            handle.stop.clone(),
+        )));
+        Ok(Node {
+            config,
+            handle,
+            stopping,
+            player,
+            cluster_server,
+            cluster,
+            registry,
+            outbox,
+            services,
+            marker,
+            workers,
+        })
+    }
+
+    pub fn handle(&self) -> NodeHandle {
+        self.handle.clone()
+    }
+
+    /// Serves until asked to stop, then stops gracefully: a member of a multi-node
+    /// cluster first hands all its shards to the others.
+    pub async fn run_until_stopped(mut self) -> io::Result<()> {
+        let player = self.player.handle();
+        let cluster_http = self.cluster_server.handle();
+        let player_task = actix_rt::spawn(self.player);
+        let cluster_task = actix_rt::spawn(self.cluster_server);
+        let reason = loop {
+            if let Some(reason) = *self.stopping.borrow_and_update() {
+                break reason;
+            }
+            if self.stopping.changed().await.is_err() {
+                break StopReason::Asked("handle dropped");
+            }
+        };
+        let deadline = self.config.server.shutdown_timeout;
+        let mut failed = None;
+        match reason {
+            StopReason::Asked(signal) => {
+                tracing::info!(signal, "stopping");
+                drain(&self.cluster, self.config.cluster.drain_timeout).await;
+            }
+            StopReason::Removed => {
+                tracing::info!("this node was removed from the cluster: stopping");
+            }
+        }
+        if let Some(e) = self.cluster.formation_error() {
+            failed = Some(e);
+        }
+        tracing::info!("moving user actors off the HTTP workers");
+        self.registry.move_actors_off_workers(deadline).await;
+        tracing::info!("no new connections, finishing in-flight requests");
+        player.stop(true).await;
+        let _ = player_task.await;
+        tracing::info!(
+            actors = self.registry.len(),
+            "HTTP stopped; flushing and stopping user actors"
+        );
+        self.registry.shutdown(deadline).await;
+        tracing::info!(events = self.outbox.depth(), "delivering queued events");
+        self.outbox.shutdown(deadline).await;
+        for worker in &self.workers {
+            worker.abort();
+        }
+        self.cluster.shutdown().await;
+        cluster_http.stop(true).await;
+        let _ = cluster_task.await;
+        // Whatever is still dirty was counted as lost by `registry.shutdown`.
+        let lost_in_this_run = self.services.metrics.progress_lost.get() - self.marker.inherited;
+        self.marker.record(lost_in_this_run as usize);
+        match failed {
+            Some(e) => {
+                tracing::error!(error = %e, "stopped: the node could not take its place in the cluster");
+                Err(io::Error::other(e.to_string()))
+            }
+            None => {
+                tracing::info!("stopped");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Cluster-listener request bodies may be this large (Raft batches, handoffs).
+const CLUSTER_BODY_LIMIT: usize = 64 * 1024 * 1024;
+
+fn cluster_settings(config: &Config) -> ClusterSettings {
+    let c = &config.cluster;
+    ClusterSettings {
+        node_id: NodeId(c.node_id),
+        shards: c.shards,
+        voters: c.voters,
+        handoff_wait: c.handoff_wait,
+        handoff_batch: c.handoff_batch,
+        heartbeat_interval: c.heartbeat_interval,
+        election_timeout: c.election_timeout,
+        snapshot_every: c.snapshot_every,
+        secret: c.secret.clone(),
+    }
+}
+
+/// Starts, joins or rejoins the cluster; a node that cannot (its id was removed) stops.
+async fn form_cluster(
+    cluster: Cluster,
+    join: Vec<String>,
+    stop: tokio::sync::watch::Sender<Option<StopReason>>,
+) {
+    if let Err(e) = cluster.form(&join).await {
+        tracing::error!(error = %e, "cannot take a place in the cluster");
+        cluster.set_formation_error(e);
+        stop.send_replace(Some(StopReason::Removed));
+    }
+}
+
+/// Hands this node's shards to the others before a planned stop, when there are others.
+async fn drain(cluster: &Cluster, timeout: Duration) {
+    let me = cluster.id();
+    let state = cluster.state();
+    let others = state
+        .members
+        .iter()
+        .any(|(id, m)| *id != me && m.state == crate::cluster::MemberState::Active);
+    let owns = state.shards.iter().any(|o| o.node == me);
+    if !others || !owns || state.removed.contains(&me) {
+        return;
+    }
+    tracing::info!("draining: handing this node's shards to the others");
+    if let Err(e) = cluster.drain(me).await {
+        tracing::error!(error = %e, "cannot start draining; stopping with the shards");
+        return;
+    }
+    let started = Instant::now();
+    let router = &cluster.replica().router;
+    let mut changes = router.subscribe();
+    loop {
+        let table = router.table();
+        let left = table.owned_by(me).count();
+        if left == 0 {
+            tracing::info!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "drained: this node owns no shards"
+            );
+            return;
+        }
+        let wait = timeout.saturating_sub(started.elapsed());
+        if wait.is_zero() {
+            tracing::error!(
+                shards = left,
+                "drain timed out; stopping with shards still owned"
+            );
+            return;
+        }
+        router.changed_within(&mut changes, wait).await;
+    }
+}
+
+/// Keeps the actors in step with the shard table: serves shards this node gained (or
+/// kept after a move was given up), releases the ones it lost, and notices its removal.
+async fn follow_shard_table(
+    router: Router,
+    registry: Registry,
+    cluster: Cluster,
+    metrics: Arc<Metrics>,
+    stop: tokio::sync::watch::Sender<Option<StopReason>>,
+) {
+    let me = router.local();
+    let mut owned: Vec<bool> = Vec::new();
+    let mut incoming: Vec<bool> = Vec::new();
+    let mut changes = router.subscribe();
+    loop {
+        let table = router.table();
+        let shards = table.shards() as usize;
+        owned.resize(shards, false);
+        incoming.resize(shards, false);
+        let mut resumed = false;
+        let mut count = 0;
+        for index in 0..shards {
+            let shard = ShardId(index as u32);
+            let mine = table.owner(shard).is_some_and(|o| o.node == me);
+            let moving_in = table.moving_to(shard) == Some(me);
+            if mine {
+                count += 1;
+                let gained = !owned[index];
+                let move_given_up = !table.is_moving(shard);
+                if (gained || move_given_up) && !registry.is_serving(shard) {
+                    registry.serve(shard);
+                    resumed = true;
+                }
+            } else if owned[index] || (incoming[index] && !moving_in) {
+                registry.release(shard);
+            }
+            owned[index] = mine;
+            incoming[index] = moving_in;
+        }
+        metrics.cluster.shards_owned.set(count);
+        let state = cluster.state();
+        for member_state in ["active", "draining", "leaving"] {
+            let n = state
+                .members
+                .values()
+                .filter(|m| m.state.as_str() == member_state)
+                .count();
+            metrics.cluster.members(member_state).set(n as i64);
+        }
+        if state.removed.contains(&me) {
+            stop.send_replace(Some(StopReason::Removed));
+        }
+        if resumed {
+            router.nudge();
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Records the unflushed count every second (see `UnflushedMarker`).
+async fn record_unflushed(services: Arc<UserServices>, marker: Arc<UnflushedMarker>) {
+    let mut last = 0;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = services.dirty.used();
+        if now != last {
+            marker.record(now);
+            last = now;
+        }
+    }
 }
 
 async fn shutdown_signal() -> &'static str {

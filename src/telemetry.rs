@@ -59,8 +59,104 @@ pub struct StoreWriteCounters {
     pub watchlist_delete: IntCounter,
 }
 
+/// The cluster's own metrics: membership, Raft, forwarding and handoffs.
+pub struct ClusterMetrics {
+    members: prometheus::IntGaugeVec,
+    pub is_leader: IntGauge,
+    pub term: IntGauge,
+    pub last_applied: IntGauge,
+    pub shards_owned: IntGauge,
+    forwarded: IntCounterVec,
+    pub forward_duration: Histogram,
+    pub shards_moved: IntCounter,
+    pub handoff_duration: Histogram,
+    pub handoff_waited: IntCounter,
+}
+
+impl ClusterMetrics {
+    fn new() -> ClusterMetrics {
+        let gauge = |name: &str, help: &str| IntGauge::new(name, help).expect("valid metric");
+        let counter = |name: &str, help: &str| IntCounter::new(name, help).expect("valid metric");
+        let histogram = |name: &str, help: &str, buckets: &[f64]| {
+            Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+                .expect("valid metric")
+        };
+        ClusterMetrics {
+            members: prometheus::IntGaugeVec::new(
+                Opts::new(
+                    "playstate_cluster_members",
+                    "Cluster members by state (active, draining, leaving), as this node sees them.",
+                ),
+                &["state"],
+            )
+            .expect("valid metric"),
+            is_leader: gauge(
+                "playstate_cluster_is_leader",
+                "1 if this node is the Raft leader.",
+            ),
+            term: gauge("playstate_cluster_term", "The Raft term this node is in."),
+            last_applied: gauge(
+                "playstate_cluster_last_applied",
+                "Index of the last Raft log entry this node applied.",
+            ),
+            shards_owned: gauge("playstate_cluster_shards_owned", "Shards this node owns."),
+            forwarded: IntCounterVec::new(
+                Opts::new(
+                    "playstate_forwarded_commands_total",
+                    "User commands forwarded to the owning node, by outcome: ok, moved (the \
+                     owner's table was newer; retried), unavailable, error.",
+                ),
+                &["outcome"],
+            )
+            .expect("valid metric"),
+            forward_duration: histogram(
+                "playstate_forward_duration_seconds",
+                "Time from sending a forwarded command to its answer.",
+                LATENCY_BUCKETS,
+            ),
+            shards_moved: counter(
+                "playstate_handoff_shards_moved_total",
+                "Shards this node handed to another node (counted by the old owner).",
+            ),
+            handoff_duration: histogram(
+                "playstate_handoff_duration_seconds",
+                "Time one batch of shards spent moving, from stop to new owner (leader).",
+                &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+            ),
+            handoff_waited: counter(
+                "playstate_handoff_waited_requests_total",
+                "Requests that waited for a shard being handed over (or for a table).",
+            ),
+        }
+    }
+
+    pub fn members(&self, state: &str) -> IntGauge {
+        self.members.with_label_values(&[state])
+    }
+
+    pub fn forwarded(&self, outcome: &str) -> IntCounter {
+        self.forwarded.with_label_values(&[outcome])
+    }
+
+    fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
+            Box::new(self.members.clone()),
+            Box::new(self.is_leader.clone()),
+            Box::new(self.term.clone()),
+            Box::new(self.last_applied.clone()),
+            Box::new(self.shards_owned.clone()),
+            Box::new(self.forwarded.clone()),
+            Box::new(self.forward_duration.clone()),
+            Box::new(self.shards_moved.clone()),
+            Box::new(self.handoff_duration.clone()),
+            Box::new(self.handoff_waited.clone()),
+        ]
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
+    pub cluster: ClusterMetrics,
     pub store_reads: IntCounter,
     pub store_writes: StoreWriteCounters,
     pub store_errors: IntCounter,
@@ -258,6 +354,7 @@ impl Metrics {
             .expect("valid metric"),
             http_requests,
             http_duration,
+            cluster: ClusterMetrics::new(),
             registry,
         };
         metrics.register_all(vec![
@@ -315,6 +412,7 @@ impl Metrics {
             Box::new(self.http_duration.clone()),
         ];
         collectors.extend(vecs);
+        collectors.extend(self.cluster.collectors());
         for collector in collectors {
             self.registry
                 .register(collector)

@@ -1,16 +1,17 @@
-//! The front door to user state: every API route, native or compat, calls this. It routes
-//! the user to the node that owns their shard and, on this node, to their actor.
+//! The front door to user state: every API route, native or compat, calls this. Each
+//! operation becomes one `UserCommand`, and `Users::call` is its only way to an actor: to
+//! this node's actor when this node owns the user's shard, else to the owner over the
+//! cluster listener (one hop), waiting out a shard that is being handed over.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use actix::dev::ToEnvelope;
-use actix::{Actor, Handler, Message};
+use serde::{Deserialize, Serialize};
 
 use crate::actors::{
-    ActorUnavailable, ClearProgress, EditWatchlist, EndStream, GetProgress, GetWatchlist,
-    Heartbeat, LibraryError, ListStreams, Registry, SetProgress, Tracked, UserActor,
+    ActorUnavailable, CallError, CommandReply, LibraryError, Registry, UnexpectedReply, UserCommand,
 };
-use crate::cluster::router::{Destination, NodeId, Router};
+use crate::cluster::{Destination, NodeId, Peers, Router, ShardId};
 use crate::domain::{
     Accepted, AssetId, HeartbeatOutcome, LimitReached, Origin, Seconds, SessionId, Slot,
     SlotRequest, StreamId, StreamPolicy, Timestamp, UserId,
@@ -21,8 +22,12 @@ use crate::telemetry::Metrics;
 pub enum UnavailableReason {
     #[error(transparent)]
     Actor(#[from] ActorUnavailable),
-    #[error("user is owned by node {0:?}, and forwarding is not enabled on this node")]
-    NotOwner(NodeId),
+    #[error("the user's shard is being handed over, or this node has no shard table yet")]
+    ShardMoving,
+    #[error("the node that owns the user's shard cannot be reached: {0}")]
+    OwnerUnreachable(String),
+    #[error(transparent)]
+    Protocol(#[from] UnexpectedReply),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -33,12 +38,24 @@ pub enum StreamError {
     Unavailable(#[from] UnavailableReason),
 }
 
+impl From<UnexpectedReply> for StreamError {
+    fn from(e: UnexpectedReply) -> StreamError {
+        StreamError::Unavailable(e.into())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LibraryCallError {
     #[error(transparent)]
     Library(#[from] LibraryError),
     #[error("temporarily unavailable: {0}")]
     Unavailable(#[from] UnavailableReason),
+}
+
+impl From<UnexpectedReply> for LibraryCallError {
+    fn from(e: UnexpectedReply) -> LibraryCallError {
+        LibraryCallError::Unavailable(e.into())
+    }
 }
 
 /// One stream heartbeat, as every contract expresses it.
@@ -49,31 +66,65 @@ pub struct StreamClaim<'a> {
     pub plan: Option<&'a str>,
 }
 
+/// A command sent to the node that owns the user's shard.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ForwardedCommand {
+    pub shard: ShardId,
+    /// The epoch of the shard in the sender's table.
+    pub epoch: u64,
+    pub user: UserId,
+    pub command: UserCommand,
+}
+
+/// The owner's answer to a forwarded command.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ForwardedReply {
+    Done(CommandReply),
+    /// The shard is not this node's at that epoch: the sender's table is stale.
+    Moved,
+    Unavailable(String),
+}
+
 #[derive(Clone)]
 pub struct Users {
     router: Router,
     registry: Registry,
+    peers: Peers,
     policy: Arc<StreamPolicy>,
     metrics: Arc<Metrics>,
+    /// How long a command waits for a shard being handed over.
+    handoff_wait: Duration,
+    /// How long a forwarded command may take before the owner counts as unreachable.
+    forward_timeout: Duration,
 }
 
 impl Users {
     pub fn new(
         router: Router,
         registry: Registry,
+        peers: Peers,
         policy: StreamPolicy,
         metrics: Arc<Metrics>,
+        handoff_wait: Duration,
     ) -> Users {
+        let forward_timeout = registry.settings().call_timeout + Duration::from_secs(1);
         Users {
             router,
             registry,
+            peers,
             policy: Arc::new(policy),
             metrics,
+            handoff_wait,
+            forward_timeout,
         }
     }
 
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    pub fn router(&self) -> &Router {
+        &self.router
     }
 
     /// The limit that applies to a user on this plan.
@@ -94,7 +145,10 @@ impl Users {
             session: claim.session,
             stream: claim.stream,
         };
-        let answer = self.call(user, Heartbeat(request)).await?;
+        let answer = self
+            .call(user, UserCommand::Heartbeat(request))
+            .await?
+            .heartbeat("heartbeat")?;
         let counters = &self.metrics.heartbeats;
         match answer {
             Ok(accepted) => {
@@ -122,10 +176,9 @@ impl Users {
         session: SessionId,
     ) -> Result<(), StreamError> {
         let freed = self
-            .registry
-            .call(user, EndStream { origin, session })
-            .await
-            .map_err(UnavailableReason::from)?;
+            .call(user, UserCommand::EndStream { origin, session })
+            .await?
+            .released("end_stream")?;
         if freed {
             self.metrics.releases.inc();
         }
@@ -134,7 +187,10 @@ impl Users {
 
     /// The user's live slots, oldest first.
     pub async fn streams(&self, user: &UserId) -> Result<Vec<Slot>, StreamError> {
-        Ok(self.call(user, ListStreams).await?)
+        Ok(self
+            .call(user, UserCommand::ListStreams)
+            .await?
+            .streams("list_streams")?)
     }
 
     /// Progress of one asset (`Some`) or of every asset.
@@ -143,7 +199,10 @@ impl Users {
         user: &UserId,
         asset: Option<AssetId>,
     ) -> Result<Vec<(AssetId, Seconds)>, LibraryCallError> {
-        Ok(self.call(user, GetProgress(asset)).await??)
+        Ok(self
+            .call(user, UserCommand::GetProgress(asset))
+            .await?
+            .progress("get_progress")??)
     }
 
     pub async fn set_progress(
@@ -152,7 +211,10 @@ impl Users {
         asset: AssetId,
         seconds: Seconds,
     ) -> Result<(), LibraryCallError> {
-        Ok(self.call(user, SetProgress { asset, seconds }).await??)
+        Ok(self
+            .call(user, UserCommand::SetProgress { asset, seconds })
+            .await?
+            .done("set_progress")??)
     }
 
     pub async fn clear_progress(
@@ -160,14 +222,20 @@ impl Users {
         user: &UserId,
         asset: AssetId,
     ) -> Result<(), LibraryCallError> {
-        Ok(self.call(user, ClearProgress(asset)).await??)
+        Ok(self
+            .call(user, UserCommand::ClearProgress(asset))
+            .await?
+            .done("clear_progress")??)
     }
 
     pub async fn watchlist(
         &self,
         user: &UserId,
     ) -> Result<Vec<(AssetId, Timestamp)>, LibraryCallError> {
-        Ok(self.call(user, GetWatchlist).await??)
+        Ok(self
+            .call(user, UserCommand::GetWatchlist)
+            .await?
+            .watchlist("get_watchlist")??)
     }
 
     /// Adds (`add`) or removes an asset; acknowledged only once stored.
@@ -177,20 +245,131 @@ impl Users {
         asset: AssetId,
         add: bool,
     ) -> Result<(), LibraryCallError> {
-        Ok(self.call(user, EditWatchlist { asset, add }).await??)
+        Ok(self
+            .call(user, UserCommand::EditWatchlist { asset, add })
+            .await?
+            .done("edit_watchlist")??)
     }
 
-    /// Routes `msg` to the user's actor on the owning node.
-    async fn call<M>(&self, user: &UserId, msg: M) -> Result<M::Result, UnavailableReason>
-    where
-        M: Message + Send + 'static,
-        M::Result: Send + 'static,
-        UserActor: Handler<Tracked<M>>,
-        <UserActor as Actor>::Context: ToEnvelope<UserActor, Tracked<M>>,
-    {
-        match self.router.route(user) {
-            Destination::Local => Ok(self.registry.call(user, msg).await?),
-            Destination::Remote(owner) => Err(UnavailableReason::NotOwner(owner)),
+    /// Routes `command` to the user's actor on the owning node. A shard that is being
+    /// handed over (or a table that is behind) makes it wait, up to `handoff_wait`.
+    async fn call(
+        &self,
+        user: &UserId,
+        mut command: UserCommand,
+    ) -> Result<CommandReply, UnavailableReason> {
+        let mut deadline: Option<Instant> = None;
+        loop {
+            // Subscribed before routing, so a change in between is not missed.
+            let mut changes = self.router.subscribe();
+            match self.router.route(user) {
+                Destination::Local { shard, .. } => {
+                    match self.registry.call(shard, user, command).await {
+                        Ok(reply) => return Ok(reply),
+                        Err(CallError::NotServing(returned)) => command = returned,
+                        Err(CallError::Unavailable(e)) => return Err(e.into()),
+                    }
+                }
+                Destination::Remote { shard, node, epoch } => {
+                    let forwarded = ForwardedCommand {
+                        shard,
+                        epoch,
+                        user: user.clone(),
+                        command,
+                    };
+                    match self.forward(node, &forwarded).await? {
+                        ForwardedReply::Done(reply) => return Ok(reply),
+                        ForwardedReply::Moved => command = forwarded.command,
+                        ForwardedReply::Unavailable(why) => {
+                            return Err(UnavailableReason::OwnerUnreachable(why));
+                        }
+                    }
+                }
+                Destination::Unassigned { .. } => {}
+            }
+            let deadline = *deadline.get_or_insert_with(|| {
+                self.metrics.cluster.handoff_waited.inc();
+                Instant::now() + self.handoff_wait
+            });
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || !self.router.changed_within(&mut changes, left).await {
+                return Err(UnavailableReason::ShardMoving);
+            }
+        }
+    }
+
+    /// Sends a command to the node that owns its shard.
+    async fn forward(
+        &self,
+        node: NodeId,
+        forwarded: &ForwardedCommand,
+    ) -> Result<ForwardedReply, UnavailableReason> {
+        let table = self.router.table();
+        let Some(addr) = table.cluster_addr(node) else {
+            return Err(UnavailableReason::OwnerUnreachable(format!(
+                "node {node} has no known address"
+            )));
+        };
+        let started = Instant::now();
+        let sent = self
+            .peers
+            .post::<_, ForwardedReply>(addr, "/cluster/forward", forwarded, self.forward_timeout)
+            .await;
+        let cluster = &self.metrics.cluster;
+        cluster
+            .forward_duration
+            .observe(started.elapsed().as_secs_f64());
+        let outcome = match &sent {
+            Ok(ForwardedReply::Done(_)) => "ok",
+            Ok(ForwardedReply::Moved) => "moved",
+            Ok(ForwardedReply::Unavailable(_)) => "unavailable",
+            Err(_) => "error",
+        };
+        cluster.forwarded(outcome).inc();
+        sent.map_err(|e| {
+            tracing::warn!(node = node.0, error = %e, command = forwarded.command.name(), "forwarding failed");
+            UnavailableReason::OwnerUnreachable(e.to_string())
+        })
+    }
+
+    /// Runs a command another node forwarded here, if this node owns the shard at the
+    /// sender's epoch; waits (up to `handoff_wait`) while the shard is being handed over
+    /// or this node's table is behind the sender's.
+    pub async fn execute_forwarded(&self, forwarded: ForwardedCommand) -> ForwardedReply {
+        let ForwardedCommand {
+            shard,
+            epoch,
+            user,
+            mut command,
+        } = forwarded;
+        if self.router.shard_of(&user) != shard {
+            return ForwardedReply::Unavailable(format!("user {user} is not in shard {}", shard.0));
+        }
+        let deadline = Instant::now() + self.handoff_wait;
+        loop {
+            let mut changes = self.router.subscribe();
+            let owner = self.router.table().owner(shard);
+            match owner {
+                Some(owner) if owner.epoch > epoch => return ForwardedReply::Moved,
+                Some(owner) if owner.epoch == epoch && owner.node != self.router.local() => {
+                    return ForwardedReply::Moved;
+                }
+                Some(owner) if owner.epoch == epoch => {
+                    match self.registry.call(shard, &user, command).await {
+                        Ok(reply) => return ForwardedReply::Done(reply),
+                        Err(CallError::NotServing(returned)) => command = returned,
+                        Err(CallError::Unavailable(e)) => {
+                            return ForwardedReply::Unavailable(e.to_string());
+                        }
+                    }
+                }
+                // This node's table is behind the sender's: wait for it.
+                _ => {}
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || !self.router.changed_within(&mut changes, left).await {
+                return ForwardedReply::Unavailable(UnavailableReason::ShardMoving.to_string());
+            }
         }
     }
 }

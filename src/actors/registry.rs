@@ -1,6 +1,11 @@
 //! Finds or starts the actor of a user, places it, and lets an idle actor retire without
 //! ever losing a request that raced with its retirement.
 //!
+//! Actors are kept by cluster shard, each shard behind its own lock with a flag saying
+//! whether this node serves it now. That is what lets a shard be handed over whole:
+//! `export` stops it serving, waits for what was in flight, and collects the state of
+//! its users; `release` lets its actors go once another node owns it.
+//!
 //! Placement: an actor first needed on an HTTP worker thread lives on that thread, so the
 //! requests that worker receives for it cost no thread hop (two wake-ups and often two
 //! context switches each, the largest cost on the heartbeat path). Everything else, and
@@ -17,18 +22,17 @@
 //! and starts a fresh one.
 
 use std::cell::Cell;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use actix::dev::ToEnvelope;
 use actix::{Actor, Addr, Arbiter, ArbiterHandle, Handler, MailboxError, Message};
-use dashmap::DashMap;
-use dashmap::mapref::entry::Entry as MapEntry;
 
+use super::command::{CommandReply, UserCommand};
 use super::services::UserServices;
-use super::user::{Evacuate, Shutdown, UserActor};
+use super::user::{Evacuate, Export, Shutdown, UserActor};
+use crate::cluster::ShardId;
 use crate::domain::{StreamSlots, UserId};
 
 #[derive(Clone, Debug)]
@@ -39,18 +43,40 @@ pub struct ActorSettings {
     pub call_timeout: Duration,
     /// Start actors on the HTTP worker thread that first needs them.
     pub host_on_http_workers: bool,
+    /// Cluster shards users are hashed into.
+    pub shards: u32,
 }
 
 /// Mailbox slots per actor; one user rarely has more than a few requests queued, but a
 /// burst (a reconnecting household) should queue rather than spin on a full mailbox.
 const MAILBOX_CAPACITY: usize = 256;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize,
+)]
 pub enum ActorUnavailable {
     #[error("the user's actor did not answer in time")]
     Timeout,
     #[error("the user's actor stopped unexpectedly")]
     Stopped,
+}
+
+/// Why a command did not reach an actor.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// This node does not serve the shard now (not its owner, or handing it over). The
+    /// command comes back, to be sent again where it belongs.
+    #[error("this node does not serve the user's shard now")]
+    NotServing(UserCommand),
+    #[error(transparent)]
+    Unavailable(#[from] ActorUnavailable),
+}
+
+/// The state of one user, as handed from one node to another.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct UserHandoff {
+    pub user: UserId,
+    pub slots: StreamSlots,
 }
 
 #[derive(Clone)]
@@ -59,13 +85,20 @@ pub struct Registry {
 }
 
 struct Inner {
-    actors: DashMap<UserId, Entry>,
+    shards: Box<[RwLock<ShardActors>]>,
     threads: Vec<ArbiterHandle>,
     owned_threads: Mutex<Vec<Arbiter>>,
     settings: ActorSettings,
     services: Arc<UserServices>,
     /// Set once shutdown begins: from then on actors start on the pool only.
     leaving_workers: AtomicBool,
+}
+
+#[derive(Default)]
+struct ShardActors {
+    /// Whether requests for this shard are served here now.
+    serving: bool,
+    actors: HashMap<UserId, Entry>,
 }
 
 struct Entry {
@@ -76,6 +109,23 @@ struct Entry {
 
 thread_local! {
     static HOSTS_ACTORS: Cell<bool> = const { Cell::new(false) };
+}
+
+impl Entry {
+    /// Enqueues `command`, counted as in flight until the actor has handled it.
+    fn send(
+        &self,
+        command: UserCommand,
+    ) -> (
+        Addr<UserActor>,
+        actix::dev::Request<UserActor, Tracked<UserCommand>>,
+    ) {
+        let tracked = Tracked {
+            msg: command,
+            _in_flight: InFlight::new(&self.in_flight),
+        };
+        (self.addr.clone(), self.addr.send(tracked))
+    }
 }
 
 /// Counts one request as in flight for as long as it lives.
@@ -107,34 +157,19 @@ where
     type Result = M::Result;
 }
 
-/// Lets `UserActor` receive `Tracked<M>` for each message it handles. A blanket impl over
-/// every `M` sends the trait solver into `Tracked<Tracked<…>>`, hence the list.
-macro_rules! tracked_messages {
-    ($($msg:ty),* $(,)?) => {$(
-        impl Handler<Tracked<$msg>> for UserActor {
-            type Result = <UserActor as Handler<$msg>>::Result;
+impl Handler<Tracked<UserCommand>> for UserActor {
+    type Result = <UserActor as Handler<UserCommand>>::Result;
 
-            fn handle(&mut self, tracked: Tracked<$msg>, ctx: &mut Self::Context) -> Self::Result {
-                // The guard drops when this returns: the message's effect is done.
-                <UserActor as Handler<$msg>>::handle(self, tracked.msg, ctx)
-            }
-        }
-    )*};
+    fn handle(&mut self, tracked: Tracked<UserCommand>, ctx: &mut Self::Context) -> Self::Result {
+        // The guard drops when this returns: the command's effect is done, or (for a
+        // command that waits on the store) the actor counts it in `pending`.
+        <UserActor as Handler<UserCommand>>::handle(self, tracked.msg, ctx)
+    }
 }
 
-tracked_messages!(
-    super::Heartbeat,
-    super::EndStream,
-    super::ListStreams,
-    super::GetProgress,
-    super::SetProgress,
-    super::ClearProgress,
-    super::GetWatchlist,
-    super::EditWatchlist,
-);
-
 impl Registry {
-    /// Starts `settings.threads` actor threads. Must run inside an actix `System`.
+    /// Starts `settings.threads` actor threads. Must run inside an actix `System`. No
+    /// shard is served until `serve` says so.
     pub fn start(settings: ActorSettings, services: Arc<UserServices>) -> Registry {
         let owned: Vec<Arbiter> = (0..settings.threads.max(1))
             .map(|_| Arbiter::new())
@@ -142,7 +177,9 @@ impl Registry {
         let threads = owned.iter().map(Arbiter::handle).collect();
         Registry {
             inner: Arc::new(Inner {
-                actors: DashMap::new(),
+                shards: (0..settings.shards.max(1))
+                    .map(|_| RwLock::default())
+                    .collect(),
                 threads,
                 owned_threads: Mutex::new(owned),
                 settings,
@@ -165,68 +202,104 @@ impl Registry {
         &self.inner.services
     }
 
+    fn shard(&self, shard: ShardId) -> &RwLock<ShardActors> {
+        &self.inner.shards[shard.0 as usize % self.inner.shards.len()]
+    }
+
     /// User actors running now.
     pub fn len(&self) -> usize {
-        self.inner.actors.len()
+        self.inner
+            .shards
+            .iter()
+            .map(|s| s.read().expect("not poisoned").actors.len())
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.inner.actors.is_empty()
+        self.len() == 0
     }
 
-    /// Delivers `msg` to the user's actor, starting one if needed, and waits for the answer.
-    pub async fn call<M>(&self, user: &UserId, msg: M) -> Result<M::Result, ActorUnavailable>
-    where
-        M: Message + Send + 'static,
-        M::Result: Send + 'static,
-        UserActor: Handler<Tracked<M>>,
-        <UserActor as Actor>::Context: ToEnvelope<UserActor, Tracked<M>>,
-    {
+    /// Whether this node serves `shard` now.
+    pub fn is_serving(&self, shard: ShardId) -> bool {
+        self.shard(shard).read().expect("not poisoned").serving
+    }
+
+    /// Starts (or resumes) serving `shard`.
+    pub fn serve(&self, shard: ShardId) {
+        self.shard(shard).write().expect("not poisoned").serving = true;
+    }
+
+    /// Delivers `command` to the user's actor, starting one if needed, and waits for the
+    /// answer.
+    pub async fn call(
+        &self,
+        shard: ShardId,
+        user: &UserId,
+        command: UserCommand,
+    ) -> Result<CommandReply, CallError> {
         let (addr, request) = {
             // Held until the message is enqueued (or parked on a full mailbox, still
-            // counted), so retirement cannot slip in between lookup and send.
-            let entry = match self.inner.actors.get(user.as_str()) {
-                Some(entry) => entry,
-                None => self
-                    .inner
-                    .actors
-                    .entry(user.clone())
-                    .or_insert_with(|| self.spawn(user))
-                    .downgrade(),
-            };
-            let tracked = Tracked {
-                msg,
-                _in_flight: InFlight::new(&entry.in_flight),
-            };
-            (entry.addr.clone(), entry.addr.send(tracked))
+            // counted), so neither retirement nor an export can slip in between lookup
+            // and send.
+            let lock = self.shard(shard);
+            let read = lock.read().expect("not poisoned");
+            if !read.serving {
+                return Err(CallError::NotServing(command));
+            }
+            match read.actors.get(user.as_str()) {
+                Some(entry) => entry.send(command),
+                None => {
+                    drop(read);
+                    let mut write = lock.write().expect("not poisoned");
+                    if !write.serving {
+                        return Err(CallError::NotServing(command));
+                    }
+                    let entry = write
+                        .actors
+                        .entry(user.clone())
+                        .or_insert_with(|| self.spawn(shard, user, StreamSlots::default()));
+                    entry.send(command)
+                }
+            }
         };
         match request.timeout(self.inner.settings.call_timeout).await {
             Ok(answer) => Ok(answer),
             Err(MailboxError::Timeout) => {
                 self.inner.services.metrics.actor_unavailable.inc();
-                Err(ActorUnavailable::Timeout)
+                Err(ActorUnavailable::Timeout.into())
             }
             Err(MailboxError::Closed) => {
                 // Only a crashed actor closes with its entry still present; forget it so
                 // the next request starts afresh.
-                self.inner
+                let mut write = self.shard(shard).write().expect("not poisoned");
+                if write
                     .actors
-                    .remove_if(user.as_str(), |_, entry| entry.addr == addr);
+                    .get(user.as_str())
+                    .is_some_and(|e| e.addr == addr)
+                {
+                    write.actors.remove(user.as_str());
+                }
                 self.inner.services.metrics.actor_unavailable.inc();
                 tracing::error!(user = %user, "user actor stopped unexpectedly");
-                Err(ActorUnavailable::Stopped)
+                Err(ActorUnavailable::Stopped.into())
             }
         }
     }
 
-    fn spawn(&self, user: &UserId) -> Entry {
+    fn spawn(&self, shard: ShardId, user: &UserId, slots: StreamSlots) -> Entry {
         let on_http_worker = self.inner.settings.host_on_http_workers
             && HOSTS_ACTORS.get()
             && !self.inner.leaving_workers.load(Ordering::Acquire);
-        self.start_actor(user, StreamSlots::default(), on_http_worker)
+        self.start_actor(shard, user, slots, on_http_worker)
     }
 
-    fn start_actor(&self, user: &UserId, slots: StreamSlots, on_http_worker: bool) -> Entry {
+    fn start_actor(
+        &self,
+        shard: ShardId,
+        user: &UserId,
+        slots: StreamSlots,
+        on_http_worker: bool,
+    ) -> Entry {
         let thread = if on_http_worker {
             Arbiter::current()
         } else {
@@ -236,7 +309,7 @@ impl Registry {
         let owner = user.clone();
         let addr = UserActor::start_in_arbiter(&thread, move |ctx| {
             ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
-            UserActor::new(owner, registry, slots)
+            UserActor::new(owner, shard, registry, slots)
         });
         Entry {
             addr,
@@ -245,22 +318,73 @@ impl Registry {
         }
     }
 
+    /// Stops serving `shard` and collects the state of its users once every request that
+    /// reached them has been answered and their progress is stored. The actors stay,
+    /// unreachable, until `release` (the shard went elsewhere) or `serve` (it did not).
+    pub async fn export(&self, shard: ShardId) -> Vec<UserHandoff> {
+        let addrs: Vec<(UserId, Addr<UserActor>)> = {
+            let mut write = self.shard(shard).write().expect("not poisoned");
+            write.serving = false;
+            write
+                .actors
+                .iter()
+                .map(|(user, entry)| (user.clone(), entry.addr.clone()))
+                .collect()
+        };
+        let exports = addrs.into_iter().map(|(user, addr)| async move {
+            let (done, slots) = tokio::sync::oneshot::channel();
+            addr.do_send(Export { done });
+            // An actor that passivated before it saw the request held nothing.
+            let slots = slots.await.unwrap_or_default();
+            UserHandoff { user, slots }
+        });
+        futures_util::future::join_all(exports)
+            .await
+            .into_iter()
+            .filter(|h| h.slots.held() > 0)
+            .collect()
+    }
+
+    /// Lets go of the actors of a shard this node no longer owns. Each flushes anything
+    /// still dirty (none after an export) and stops.
+    pub fn release(&self, shard: ShardId) {
+        let actors: Vec<Entry> = {
+            let mut write = self.shard(shard).write().expect("not poisoned");
+            write.serving = false;
+            write.actors.drain().map(|(_, entry)| entry).collect()
+        };
+        for entry in actors {
+            let (stopped, _) = tokio::sync::oneshot::channel();
+            entry.addr.do_send(Shutdown { stopped });
+        }
+    }
+
+    /// Takes over users handed from another node: their actors start holding the slots.
+    pub fn install(&self, shard: ShardId, users: Vec<UserHandoff>) {
+        let mut write = self.shard(shard).write().expect("not poisoned");
+        for UserHandoff { user, slots } in users {
+            let entry = self.start_actor(shard, &user, slots, false);
+            if let Some(stale) = write.actors.insert(user, entry) {
+                let (stopped, _) = tokio::sync::oneshot::channel();
+                stale.addr.do_send(Shutdown { stopped });
+            }
+        }
+    }
+
     /// Replaces a worker-hosted actor by a successor on the pool that holds its slots, if
     /// the entry is still that actor's and nothing is in flight to it (as in `retire`).
     /// On `true` the actor must stop; its requests now reach the successor.
     pub(super) fn hand_over(
         &self,
+        shard: ShardId,
         user: &UserId,
         addr: &Addr<UserActor>,
         slots: &StreamSlots,
     ) -> bool {
-        match self.inner.actors.entry(user.clone()) {
-            MapEntry::Occupied(mut entry)
-                if entry.get().addr == *addr
-                    && entry.get().in_flight.load(Ordering::Acquire) == 0 =>
-            {
-                let successor = self.start_actor(user, slots.clone(), false);
-                entry.insert(successor);
+        let mut write = self.shard(shard).write().expect("not poisoned");
+        match write.actors.get_mut(user.as_str()) {
+            Some(entry) if entry.addr == *addr && entry.in_flight.load(Ordering::Acquire) == 0 => {
+                *entry = self.start_actor(shard, user, slots.clone(), false);
                 true
             }
             _ => false,
@@ -279,13 +403,7 @@ impl Registry {
         loop {
             // Repeated until none is left, so an actor started on a worker by a request
             // that raced with the flag is moved too.
-            let on_workers: Vec<Addr<UserActor>> = self
-                .inner
-                .actors
-                .iter()
-                .filter(|entry| entry.on_http_worker)
-                .map(|entry| entry.addr.clone())
-                .collect();
+            let on_workers = self.addresses(|entry| entry.on_http_worker);
             if on_workers.is_empty() {
                 tracing::info!(
                     actors = asked.len(),
@@ -309,15 +427,32 @@ impl Registry {
         }
     }
 
+    fn addresses(&self, keep: impl Fn(&Entry) -> bool) -> Vec<Addr<UserActor>> {
+        self.inner
+            .shards
+            .iter()
+            .flat_map(|shard| {
+                let read = shard.read().expect("not poisoned");
+                read.actors
+                    .values()
+                    .filter(|e| keep(e))
+                    .map(|e| e.addr.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     /// Removes the actor's entry if it is still this actor's and nothing is in flight to
     /// it. On `true` the actor must stop: no request can reach it any more.
-    pub(super) fn retire(&self, user: &UserId, addr: &Addr<UserActor>) -> bool {
-        self.inner
-            .actors
-            .remove_if(user.as_str(), |_, entry| {
-                entry.addr == *addr && entry.in_flight.load(Ordering::Acquire) == 0
-            })
-            .is_some()
+    pub(super) fn retire(&self, shard: ShardId, user: &UserId, addr: &Addr<UserActor>) -> bool {
+        let mut write = self.shard(shard).write().expect("not poisoned");
+        let retire = write.actors.get(user.as_str()).is_some_and(|entry| {
+            entry.addr == *addr && entry.in_flight.load(Ordering::Acquire) == 0
+        });
+        if retire {
+            write.actors.remove(user.as_str());
+        }
+        retire
     }
 
     /// Flushes and stops every actor, waiting up to `deadline`, then stops the actor
@@ -325,11 +460,18 @@ impl Registry {
     pub async fn shutdown(&self, deadline: Duration) {
         let addrs: Vec<Addr<UserActor>> = self
             .inner
-            .actors
+            .shards
             .iter()
-            .map(|entry| entry.addr.clone())
+            .flat_map(|shard| {
+                let mut write = shard.write().expect("not poisoned");
+                write.serving = false;
+                write
+                    .actors
+                    .drain()
+                    .map(|(_, e)| e.addr)
+                    .collect::<Vec<_>>()
+            })
             .collect();
-        self.inner.actors.clear();
         let stopped = addrs.iter().map(|addr| {
             let (stopped, on_stop) = tokio::sync::oneshot::channel();
             addr.do_send(Shutdown { stopped });

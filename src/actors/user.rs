@@ -14,16 +14,17 @@ use actix::{
     Actor, ActorContext, ActorResponse, AsyncContext, Context, Handler, Message, ResponseActFuture,
 };
 
+use super::command::{CommandReply, UserCommand};
 use super::registry::Registry;
 use super::services::UserServices;
+use crate::cluster::ShardId;
 use crate::domain::{
-    Accepted, AssetId, BiEvent, EventRecord, LimitReached, Origin, ProgressBook, Seconds,
-    SessionId, Slot, SlotRequest, StreamSlots, Timestamp, UserId, Watchlist,
+    AssetId, BiEvent, EventRecord, ProgressBook, Seconds, StreamSlots, Timestamp, UserId, Watchlist,
 };
 use crate::store::{ProgressItem, StoreError};
 
 /// Why a library operation could not be done; nothing changed.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum LibraryError {
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -38,8 +39,22 @@ struct Library {
     watchlist: Watchlist,
 }
 
+/// Where an actor is in its life. It serves until something asks it to leave; each way of
+/// leaving first stores its dirty progress (`settle`).
+enum Lifecycle {
+    Serving,
+    /// Its shard is being handed to another node: once settled, report the slots (and
+    /// keep them, in case the handoff is abandoned and the shard is served here again).
+    Exporting(tokio::sync::oneshot::Sender<StreamSlots>),
+    /// Moving off an HTTP worker thread: once settled, hand the slots to a pool actor.
+    Evacuating,
+    /// The node is stopping or the shard has gone: once settled, stop; `stopped` fires.
+    Stopping(tokio::sync::oneshot::Sender<()>),
+}
+
 pub struct UserActor {
     user: UserId,
+    shard: ShardId,
     slots: StreamSlots,
     library: Option<Library>,
     /// Serializes operations that wait on the store, per user.
@@ -47,10 +62,7 @@ pub struct UserActor {
     /// Library operations and flushes still running; the actor must not retire under them.
     pending: usize,
     flushing: bool,
-    /// Set by `Shutdown`: flush everything, then stop, then signal `stopped`.
-    stopping: Option<tokio::sync::oneshot::Sender<()>>,
-    /// Set by `Evacuate`: flush everything, then hand the slots to a pool actor and stop.
-    evacuating: bool,
+    lifecycle: Lifecycle,
     last_flush: Instant,
     services: Arc<UserServices>,
     registry: Registry,
@@ -60,16 +72,21 @@ pub struct UserActor {
 type LibraryResult<T> = Result<T, LibraryError>;
 
 impl UserActor {
-    pub(super) fn new(user: UserId, registry: Registry, slots: StreamSlots) -> UserActor {
+    pub(super) fn new(
+        user: UserId,
+        shard: ShardId,
+        registry: Registry,
+        slots: StreamSlots,
+    ) -> UserActor {
         UserActor {
             user,
+            shard,
             slots,
             library: None,
             library_lock: Arc::new(tokio::sync::Mutex::new(())),
             pending: 0,
             flushing: false,
-            stopping: None,
-            evacuating: false,
+            lifecycle: Lifecycle::Serving,
             last_flush: Instant::now(),
             services: Arc::clone(registry.services()),
             registry,
@@ -121,7 +138,7 @@ impl UserActor {
         }
         let quiet =
             self.slots.held() == 0 && self.pending == 0 && !self.flushing && self.dirty() == 0;
-        if idle && quiet && self.registry.retire(&self.user, &ctx.address()) {
+        if idle && quiet && self.registry.retire(self.shard, &self.user, &ctx.address()) {
             self.services.metrics.passivations.inc();
             tracing::debug!(user = %self.user, "user actor passivated");
             ctx.stop();
@@ -177,7 +194,7 @@ impl UserActor {
                         .collect();
                     actor.services.outbox.publish(room, events);
                     if actor.leaving() {
-                        actor.leave_when_flushed(ctx);
+                        actor.settle(ctx);
                     }
                 }
                 Err(e) => {
@@ -186,16 +203,16 @@ impl UserActor {
                     if actor.leaving() {
                         // Shutting down with the store away: keep trying for as long as
                         // the node's shutdown window lasts.
-                        ctx.run_later(actor.flush_retry(), |actor, ctx| actor.leave_when_flushed(ctx));
+                        ctx.run_later(actor.flush_retry(), |actor, ctx| actor.settle(ctx));
                     }
                 }
             }
         }));
     }
 
-    /// Shutting down (`Shutdown`) or moving off an HTTP worker (`Evacuate`).
+    /// Asked to settle: to store its progress and then leave or report.
     fn leaving(&self) -> bool {
-        self.stopping.is_some() || self.evacuating
+        !matches!(self.lifecycle, Lifecycle::Serving)
     }
 
     /// How soon to try again a flush that failed or could not start.
@@ -206,38 +223,48 @@ impl UserActor {
             .min(std::time::Duration::from_secs(1))
     }
 
-    /// Flushes what is dirty, then leaves (called again when each flush completes): on
-    /// `Shutdown` it stops; on `Evacuate` it also waits out library operations and
-    /// in-flight requests, then hands the slots to a successor on the pool and stops.
-    fn leave_when_flushed(&mut self, ctx: &mut Context<Self>) {
+    /// Flushes what is dirty, then does what the lifecycle asks (called again when each
+    /// flush completes): `Stopping` stops; `Evacuating` and `Exporting` also wait out
+    /// library operations still running, then hand the slots over.
+    fn settle(&mut self, ctx: &mut Context<Self>) {
         if self.dirty() > 0 {
             self.start_flush(ctx);
             if !self.flushing {
                 // Could not even start (outbox full): try again shortly.
-                ctx.run_later(self.flush_retry(), |actor, ctx| {
-                    actor.leave_when_flushed(ctx)
-                });
+                ctx.run_later(self.flush_retry(), |actor, ctx| actor.settle(ctx));
             }
             return;
         }
         if self.flushing {
             return;
         }
-        if self.stopping.is_some() {
-            ctx.stop();
-            return;
+        match std::mem::replace(&mut self.lifecycle, Lifecycle::Serving) {
+            Lifecycle::Serving => {}
+            Lifecycle::Stopping(stopped) => {
+                self.lifecycle = Lifecycle::Stopping(stopped);
+                ctx.stop();
+            }
+            Lifecycle::Exporting(done) if self.pending == 0 => {
+                let _ = done.send(self.slots.clone());
+            }
+            Lifecycle::Evacuating
+                if self.pending == 0
+                    && self.registry.hand_over(
+                        self.shard,
+                        &self.user,
+                        &ctx.address(),
+                        &self.slots,
+                    ) =>
+            {
+                // The successor counts these slots now.
+                self.slots = StreamSlots::default();
+                ctx.stop();
+            }
+            waiting => {
+                self.lifecycle = waiting;
+                ctx.run_later(SETTLE_RETRY, |actor, ctx| actor.settle(ctx));
+            }
         }
-        if self.pending == 0
-            && self
-                .registry
-                .hand_over(&self.user, &ctx.address(), &self.slots)
-        {
-            // The successor counts these slots now.
-            self.slots = StreamSlots::default();
-            ctx.stop();
-            return;
-        }
-        ctx.run_later(EVACUATION_RETRY, |actor, ctx| actor.leave_when_flushed(ctx));
     }
 
     fn event(&self, event: BiEvent, at: Timestamp) -> EventRecord {
@@ -247,8 +274,9 @@ impl UserActor {
     /// Runs `op` with the library loaded, one store-bound operation per user at a time.
     fn with_library<T: 'static>(
         &mut self,
+        reply: fn(LibraryResult<T>) -> CommandReply,
         op: impl FnOnce(&mut UserActor) -> ResponseActFuture<UserActor, LibraryResult<T>> + 'static,
-    ) -> ActorResponse<UserActor, LibraryResult<T>> {
+    ) -> ActorResponse<UserActor, CommandReply> {
         self.last_activity = Instant::now();
         self.pending += 1;
         let lock = Arc::clone(&self.library_lock);
@@ -286,7 +314,7 @@ impl UserActor {
             work.map(move |result, actor: &mut UserActor, _| {
                 drop(guard);
                 actor.pending -= 1;
-                result
+                reply(result)
             })
         });
         ActorResponse::r#async(fut)
@@ -296,13 +324,14 @@ impl UserActor {
     /// progress updates), else loads it first.
     fn on_library<T: 'static>(
         &mut self,
+        reply: fn(LibraryResult<T>) -> CommandReply,
         op: impl FnOnce(&mut UserActor) -> LibraryResult<T> + 'static,
-    ) -> ActorResponse<UserActor, LibraryResult<T>> {
+    ) -> ActorResponse<UserActor, CommandReply> {
         if self.library.is_some() {
             self.last_activity = Instant::now();
-            return ActorResponse::reply(op(self));
+            return ActorResponse::reply(reply(op(self)));
         }
-        self.with_library(move |actor| Box::pin(ready(op(actor))))
+        self.with_library(reply, move |actor| Box::pin(ready(op(actor))))
     }
 
     fn library(&mut self) -> &mut Library {
@@ -324,7 +353,9 @@ impl Actor for UserActor {
         let metrics = &self.services.metrics;
         metrics.active_users.dec();
         metrics.active_streams.sub(self.slots.held() as i64);
-        if let Some(stopped) = self.stopping.take() {
+        if let Lifecycle::Stopping(stopped) =
+            std::mem::replace(&mut self.lifecycle, Lifecycle::Serving)
+        {
             let _ = stopped.send(());
         }
         let unflushed = self.dirty();
@@ -337,205 +368,144 @@ impl Actor for UserActor {
     }
 }
 
-/// Take or renew a slot.
-#[derive(Message)]
-#[rtype(result = "Result<Accepted, LimitReached>")]
-pub struct Heartbeat(pub SlotRequest);
+impl Message for UserCommand {
+    type Result = CommandReply;
+}
 
-impl Handler<Heartbeat> for UserActor {
-    type Result = Result<Accepted, LimitReached>;
+/// The one way in for requests: every command `Users` sends, local or forwarded.
+impl Handler<UserCommand> for UserActor {
+    type Result = ActorResponse<Self, CommandReply>;
 
-    fn handle(&mut self, Heartbeat(request): Heartbeat, _ctx: &mut Context<Self>) -> Self::Result {
-        let now = self.now();
-        self.change_slots(|slots| slots.heartbeat(now, request))
+    fn handle(&mut self, command: UserCommand, _ctx: &mut Context<Self>) -> Self::Result {
+        match command {
+            UserCommand::Heartbeat(request) => {
+                let now = self.now();
+                let answer = self.change_slots(|slots| slots.heartbeat(now, request));
+                ActorResponse::reply(CommandReply::Heartbeat(answer))
+            }
+            UserCommand::EndStream { origin, session } => {
+                let now = self.now();
+                let freed =
+                    self.change_slots(|slots| slots.release(now, origin, session.as_str(), None));
+                ActorResponse::reply(CommandReply::Released(freed))
+            }
+            UserCommand::ListStreams => {
+                self.last_activity = Instant::now();
+                let now = self.now();
+                ActorResponse::reply(CommandReply::Streams(
+                    self.slots.live(now).cloned().collect(),
+                ))
+            }
+            UserCommand::GetProgress(asset) => self
+                .on_library(CommandReply::Progress, move |actor| {
+                    Ok(actor.progress_of(asset))
+                }),
+            UserCommand::SetProgress { asset, seconds } => self
+                .on_library(CommandReply::Done, move |actor| {
+                    actor.set_progress(asset, Some(seconds))
+                }),
+            UserCommand::ClearProgress(asset) => self
+                .on_library(CommandReply::Done, move |actor| {
+                    actor.set_progress(asset, None)
+                }),
+            UserCommand::GetWatchlist => self.on_library(CommandReply::Watchlist, |actor| {
+                Ok(actor.library().watchlist.items())
+            }),
+            UserCommand::EditWatchlist { asset, add } => self
+                .with_library(CommandReply::Done, move |actor| {
+                    actor.edit_watchlist(asset, add)
+                }),
+        }
     }
 }
 
-/// Free a slot; `true` if a live one was freed.
-#[derive(Message)]
-#[rtype(result = "bool")]
-pub struct EndStream {
-    pub origin: Origin,
-    pub session: SessionId,
-}
-
-impl Handler<EndStream> for UserActor {
-    type Result = bool;
-
-    fn handle(&mut self, msg: EndStream, _ctx: &mut Context<Self>) -> bool {
-        let now = self.now();
-        self.change_slots(|slots| slots.release(now, msg.origin, msg.session.as_str(), None))
+impl UserActor {
+    fn progress_of(&mut self, asset: Option<AssetId>) -> Vec<(AssetId, Seconds)> {
+        let progress = &self.library().progress;
+        match asset {
+            Some(asset) => progress
+                .get(&asset)
+                .map(|s| (asset, s))
+                .into_iter()
+                .collect(),
+            None => {
+                let mut all: Vec<_> = progress.iter().collect();
+                all.sort_unstable();
+                all
+            }
+        }
     }
-}
 
-/// The user's live slots, oldest first.
-#[derive(Message)]
-#[rtype(result = "Vec<Slot>")]
-pub struct ListStreams;
-
-impl Handler<ListStreams> for UserActor {
-    type Result = Vec<Slot>;
-
-    fn handle(&mut self, _msg: ListStreams, _ctx: &mut Context<Self>) -> Vec<Slot> {
-        self.last_activity = Instant::now();
-        let now = self.now();
-        self.slots.live(now).cloned().collect()
+    /// Records (`Some`) or clears (`None`) progress, within the node's dirty budget.
+    /// Clearing what is not there is a no-op.
+    fn set_progress(&mut self, asset: AssetId, seconds: Option<Seconds>) -> LibraryResult<()> {
+        let services = Arc::clone(&self.services);
+        let progress = &mut self.library().progress;
+        if seconds.is_none() && progress.get(&asset).is_none() {
+            return Ok(());
+        }
+        if !progress.is_dirty(&asset) && !services.dirty.take() {
+            services.metrics.progress_refused.inc();
+            return Err(LibraryError::TooManyUnflushed);
+        }
+        match seconds {
+            Some(seconds) => {
+                progress.set(asset, seconds);
+                services.metrics.progress_updates.inc();
+            }
+            None => {
+                progress.delete(asset);
+            }
+        }
+        Ok(())
     }
-}
 
-/// Progress of one asset, or of all (`None`).
-#[derive(Message)]
-#[rtype(result = "LibraryResult<Vec<(AssetId, Seconds)>>")]
-pub struct GetProgress(pub Option<AssetId>);
-
-impl Handler<GetProgress> for UserActor {
-    type Result = ActorResponse<Self, LibraryResult<Vec<(AssetId, Seconds)>>>;
-
-    fn handle(
+    /// Adds to or removes from the watchlist: stored before it is acknowledged, and an
+    /// event only when the store says the list really changed.
+    fn edit_watchlist(
         &mut self,
-        GetProgress(asset): GetProgress,
-        _ctx: &mut Context<Self>,
-    ) -> Self::Result {
-        self.on_library(move |actor| {
-            let progress = &actor.library().progress;
-            Ok(match asset {
-                Some(asset) => progress
-                    .get(&asset)
-                    .map(|s| (asset, s))
-                    .into_iter()
-                    .collect(),
-                None => {
-                    let mut all: Vec<_> = progress.iter().collect();
-                    all.sort_unstable();
-                    all
-                }
-            })
-        })
-    }
-}
-
-/// Record progress (write-behind).
-#[derive(Message)]
-#[rtype(result = "LibraryResult<()>")]
-pub struct SetProgress {
-    pub asset: AssetId,
-    pub seconds: Seconds,
-}
-
-impl Handler<SetProgress> for UserActor {
-    type Result = ActorResponse<Self, LibraryResult<()>>;
-
-    fn handle(&mut self, msg: SetProgress, _ctx: &mut Context<Self>) -> Self::Result {
-        self.on_library(move |actor| {
-            let services = Arc::clone(&actor.services);
-            let progress = &mut actor.library().progress;
-            if !progress.is_dirty(&msg.asset) && !services.dirty.take() {
-                services.metrics.progress_refused.inc();
-                return Err(LibraryError::TooManyUnflushed);
+        asset: AssetId,
+        add: bool,
+    ) -> ResponseActFuture<UserActor, LibraryResult<()>> {
+        let Some(room) = self.services.outbox.reserve(1) else {
+            return Box::pin(ready(Err(LibraryError::OutboxFull)));
+        };
+        let store = Arc::clone(&self.services.store);
+        let user = self.user.clone();
+        let at = self.now();
+        let write = async move {
+            if add {
+                store.add_to_watchlist(&user, asset, at).await
+            } else {
+                store.remove_from_watchlist(&user, asset).await
             }
-            progress.set(msg.asset, msg.seconds);
-            services.metrics.progress_updates.inc();
-            Ok(())
-        })
-    }
-}
-
-/// Clear progress (write-behind); clearing what is not there is a no-op.
-#[derive(Message)]
-#[rtype(result = "LibraryResult<()>")]
-pub struct ClearProgress(pub AssetId);
-
-impl Handler<ClearProgress> for UserActor {
-    type Result = ActorResponse<Self, LibraryResult<()>>;
-
-    fn handle(
-        &mut self,
-        ClearProgress(asset): ClearProgress,
-        _ctx: &mut Context<Self>,
-    ) -> Self::Result {
-        self.on_library(move |actor| {
-            let services = Arc::clone(&actor.services);
-            let progress = &mut actor.library().progress;
-            if progress.get(&asset).is_none() {
-                return Ok(());
+        };
+        Box::pin(write.into_actor(self).map(move |changed, actor, _| {
+            let changed = changed?;
+            let watchlist = &mut actor.library().watchlist;
+            if add {
+                watchlist.add(asset, at);
+            } else {
+                watchlist.remove(&asset);
             }
-            if !progress.is_dirty(&asset) && !services.dirty.take() {
-                services.metrics.progress_refused.inc();
-                return Err(LibraryError::TooManyUnflushed);
-            }
-            progress.delete(asset);
-            Ok(())
-        })
-    }
-}
-
-/// The watchlist, oldest addition first.
-#[derive(Message)]
-#[rtype(result = "LibraryResult<Vec<(AssetId, Timestamp)>>")]
-pub struct GetWatchlist;
-
-impl Handler<GetWatchlist> for UserActor {
-    type Result = ActorResponse<Self, LibraryResult<Vec<(AssetId, Timestamp)>>>;
-
-    fn handle(&mut self, _msg: GetWatchlist, _ctx: &mut Context<Self>) -> Self::Result {
-        self.on_library(|actor| Ok(actor.library().watchlist.items()))
-    }
-}
-
-/// Add to or remove from the watchlist: stored before it is acknowledged, and an event
-/// only when the store says the list really changed.
-#[derive(Message)]
-#[rtype(result = "LibraryResult<()>")]
-pub struct EditWatchlist {
-    pub asset: AssetId,
-    pub add: bool,
-}
-
-impl Handler<EditWatchlist> for UserActor {
-    type Result = ActorResponse<Self, LibraryResult<()>>;
-
-    fn handle(&mut self, msg: EditWatchlist, _ctx: &mut Context<Self>) -> Self::Result {
-        self.with_library(move |actor| {
-            let EditWatchlist { asset, add } = msg;
-            let Some(room) = actor.services.outbox.reserve(1) else {
-                return Box::pin(ready(Err(LibraryError::OutboxFull)));
-            };
-            let store = Arc::clone(&actor.services.store);
-            let user = actor.user.clone();
-            let at = actor.now();
-            let write = async move {
-                if add {
-                    store.add_to_watchlist(&user, asset, at).await
+            let events = if changed {
+                let event = if add {
+                    BiEvent::AddedToWatchlist { asset_id: asset }
                 } else {
-                    store.remove_from_watchlist(&user, asset).await
-                }
-            };
-            Box::pin(write.into_actor(actor).map(move |changed, actor, _| {
-                let changed = changed?;
-                let watchlist = &mut actor.library().watchlist;
-                if add {
-                    watchlist.add(asset, at);
-                } else {
-                    watchlist.remove(&asset);
-                }
-                let events = if changed {
-                    let event = if add {
-                        BiEvent::AddedToWatchlist { asset_id: asset }
-                    } else {
-                        BiEvent::RemovedFromWatchlist { asset_id: asset }
-                    };
-                    vec![actor.event(event, at)]
-                } else {
-                    Vec::new()
+                    BiEvent::RemovedFromWatchlist { asset_id: asset }
                 };
-                actor.services.outbox.publish(room, events);
-                Ok(())
-            }))
-        })
+                vec![actor.event(event, at)]
+            } else {
+                Vec::new()
+            };
+            actor.services.outbox.publish(room, events);
+            Ok(())
+        }))
     }
 }
 
-/// Flush and stop: the node is shutting down. `stopped` fires once the actor has stopped.
+/// Flush and stop: the node is shutting down, or the shard went to another node.
+/// `stopped` fires once the actor has stopped.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(super) struct Shutdown {
@@ -546,13 +516,14 @@ impl Handler<Shutdown> for UserActor {
     type Result = ();
 
     fn handle(&mut self, msg: Shutdown, ctx: &mut Context<Self>) {
-        self.stopping = Some(msg.stopped);
-        self.leave_when_flushed(ctx);
+        // Stopping wins over every other way of leaving.
+        self.lifecycle = Lifecycle::Stopping(msg.stopped);
+        self.settle(ctx);
     }
 }
 
-/// How soon an evacuating actor looks again when requests or store work were in flight.
-const EVACUATION_RETRY: std::time::Duration = std::time::Duration::from_millis(5);
+/// How soon a settling actor looks again when requests or store work were in flight.
+const SETTLE_RETRY: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Move off this HTTP worker thread: the node is shutting down (see `Registry`).
 #[derive(Message)]
@@ -564,8 +535,28 @@ impl Handler<Evacuate> for UserActor {
 
     fn handle(&mut self, _msg: Evacuate, ctx: &mut Context<Self>) {
         if !self.leaving() {
-            self.evacuating = true;
-            self.leave_when_flushed(ctx);
+            self.lifecycle = Lifecycle::Evacuating;
+            self.settle(ctx);
         }
+    }
+}
+
+/// Store progress and report the slots: the shard is being handed to another node.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(super) struct Export {
+    pub done: tokio::sync::oneshot::Sender<StreamSlots>,
+}
+
+impl Handler<Export> for UserActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Export, ctx: &mut Context<Self>) {
+        if self.leaving() {
+            // Already stopping or moving: its successor is what the export will find.
+            return;
+        }
+        self.lifecycle = Lifecycle::Exporting(msg.done);
+        self.settle(ctx);
     }
 }

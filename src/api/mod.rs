@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod cluster;
 pub mod compat;
 pub mod error;
 pub mod middleware;
@@ -41,6 +42,8 @@ pub struct AppState {
     /// Checked by `/ready`.
     pub store: Arc<dyn UserStore>,
     pub trailers: trailers::TrailersApi,
+    /// This node's place in the cluster: `/ready`, and the cluster listener's routes.
+    pub cluster: crate::cluster::Cluster,
 }
 
 impl AppState {

@@ -25,8 +25,13 @@ async fn health() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "OK" }))
 }
 
-/// 200 only when this node can serve player traffic: its store answers.
+/// 200 only when this node can serve player traffic: it is a member of a cluster with a
+/// known leader, caught up with what was committed when it joined, and its store answers.
 async fn ready(state: web::Data<AppState>) -> HttpResponse {
+    if let Err(reason) = state.cluster.readiness() {
+        return HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({ "status": "unavailable", "reason": reason }));
+    }
     let check = tokio::time::timeout(std::time::Duration::from_secs(2), state.store.check()).await;
     match check {
         Ok(Ok(())) => HttpResponse::Ok().json(serde_json::json!({ "status": "ready" })),

@@ -1,6 +1,38 @@
-//! Cluster metadata: which node owns which shard of users. This node-local version holds a
-//! single-node table; the Raft-replicated table replaces it without changing callers.
+//! The cluster: which node owns which shard of users, kept by Raft (openraft).
+//!
+//! Raft keeps metadata only (members, the shard table, moves in progress, trailers);
+//! user state stays in the user actors of the owning node and never goes through the
+//! log. Laid out as openraft's examples are: `types` (type configuration and commands),
+//! `log_store` and `state_machine` (storage), `network` (RPC over the cluster listener),
+//! `node` (formation and the management operations), `controller` (what the leader does:
+//! promotions, rebalancing, removals), plus the pure `state`, `balance` and `router`.
 
+pub mod balance;
+pub mod controller;
+mod log_store;
+pub mod network;
+mod node;
 pub mod router;
+pub mod state;
+mod state_machine;
+mod trailer_cache;
+mod types;
 
-pub use router::{NodeId, Router, ShardId, ShardTable};
+pub use controller::{ExportDone, ExportRequest};
+pub use network::{PeerError, Peers};
+pub use node::{
+    Cluster, ClusterError, ClusterSettings, JoinRequest, Joined, MemberReport, StatusReport,
+};
+pub use router::{Destination, NodeId, Router, ShardId, ShardTable, shard_of};
+pub use state::{ClusterState, MemberState, ShardMove};
+pub use state_machine::Replica;
+pub use trailer_cache::ReplicatedTrailerCache;
+pub use types::{NodeAddr, Request, Response};
+
+/// Raft RPC payloads, for the cluster listener's handlers.
+pub mod rpc {
+    use super::types::TypeConfig;
+    pub type AppendEntriesRequest = openraft::raft::AppendEntriesRequest<TypeConfig>;
+    pub type VoteRequest = openraft::raft::VoteRequest<u64>;
+    pub type InstallSnapshotRequest = openraft::raft::InstallSnapshotRequest<TypeConfig>;
+}

@@ -10,7 +10,7 @@ use super::time::{Millis, Timestamp};
 /// Which contract took a slot. Slots of different origins never renew each other, so an
 /// id that happens to be reused across two client families cannot steal a slot; they all
 /// count against the same limit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Origin {
     /// `PUT /v1/streams/{sessionId}`: identified by the session.
     V1,
@@ -40,7 +40,7 @@ impl Origin {
 }
 
 /// One held stream.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Slot {
     pub origin: Origin,
     pub session: SessionId,
@@ -61,7 +61,7 @@ impl Slot {
 }
 
 /// A request to take or renew a slot.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct SlotRequest {
     pub origin: Origin,
     pub session: SessionId,
@@ -72,7 +72,7 @@ pub struct SlotRequest {
     pub limit: u32,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum HeartbeatOutcome {
     /// A new slot was taken.
     Taken,
@@ -81,7 +81,7 @@ pub enum HeartbeatOutcome {
 }
 
 /// A heartbeat that was accepted.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Accepted {
     pub outcome: HeartbeatOutcome,
     /// Live slots after this heartbeat, this one included.
@@ -90,14 +90,15 @@ pub struct Accepted {
 }
 
 /// A heartbeat refused because the user already holds `limit` other live slots.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LimitReached {
     pub limit: u32,
     pub active: Vec<Slot>,
 }
 
 /// All slots of one user. Tiny (bounded by the limit), so a vector beats any map.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct StreamSlots {
     slots: Vec<Slot>,
 }

@@ -26,7 +26,7 @@ pub struct ProgressItem {
     pub seconds: Option<Seconds>,
 }
 
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum StoreError {
     #[error("store unavailable: {0}")]
     Unavailable(String),

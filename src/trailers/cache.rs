@@ -9,9 +9,12 @@ use crate::telemetry::Metrics;
 
 /// Written by onboarding and refreshing, read by every trailer route. The cluster backs
 /// it with its replicated state machine; this interface is all the rest of the code sees.
+#[async_trait::async_trait]
 pub trait TrailerCache: Send + Sync + 'static {
     fn get(&self, key: &str) -> Option<Arc<TrailerEntry>>;
-    fn put(&self, key: String, entry: TrailerEntry);
+    /// Stores an entry where every reader will see it: for the replicated cache, once the
+    /// cluster has committed it.
+    async fn put(&self, key: String, entry: TrailerEntry) -> Result<(), CacheError>;
     /// Up to `limit` entries last updated before `before`, oldest first.
     fn older_than(&self, before: Timestamp, limit: usize) -> Vec<TrailerEntry>;
     fn len(&self) -> usize;
@@ -19,6 +22,10 @@ pub trait TrailerCache: Send + Sync + 'static {
         self.len() == 0
     }
 }
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the trailer cache cannot take the entry now: {0}")]
+pub struct CacheError(pub String);
 
 /// One node's map.
 pub struct LocalTrailerCache {
@@ -35,16 +42,18 @@ impl LocalTrailerCache {
     }
 }
 
+#[async_trait::async_trait]
 impl TrailerCache for LocalTrailerCache {
     fn get(&self, key: &str) -> Option<Arc<TrailerEntry>> {
         self.entries.get(key).map(|e| Arc::clone(&e))
     }
 
-    fn put(&self, key: String, entry: TrailerEntry) {
+    async fn put(&self, key: String, entry: TrailerEntry) -> Result<(), CacheError> {
         self.entries.insert(key, Arc::new(entry));
         self.metrics
             .trailer_cache_entries
             .set(self.entries.len() as i64);
+        Ok(())
     }
 
     fn older_than(&self, before: Timestamp, limit: usize) -> Vec<TrailerEntry> {
@@ -76,12 +85,12 @@ mod tests {
         }
     }
 
-    #[test]
-    fn finds_the_oldest_stale_entries() {
+    #[tokio::test]
+    async fn finds_the_oldest_stale_entries() {
         let cache = LocalTrailerCache::new(Arc::new(Metrics::new()));
-        cache.put("a".into(), entry("a", 30));
-        cache.put("b".into(), entry("b", 10));
-        cache.put("c".into(), entry("c", 50));
+        for (key, at) in [("a", 30), ("b", 10), ("c", 50)] {
+            cache.put(key.into(), entry(key, at)).await.unwrap();
+        }
         let stale: Vec<String> = cache
             .older_than(Timestamp(40), 10)
             .into_iter()

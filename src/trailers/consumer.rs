@@ -54,7 +54,10 @@ impl Onboarding {
             .put_trailers(&url.key(), &entry)
             .await
             .map_err(|e| ResolveError::Transient(e.to_string()))?;
-        self.cache.put(url.key(), entry.clone());
+        self.cache
+            .put(url.key(), entry.clone())
+            .await
+            .map_err(|e| ResolveError::Transient(e.to_string()))?;
         Ok(entry)
     }
 

@@ -2,16 +2,16 @@
 //! reads are answered from memory.
 //!
 //! Every node consumes the new-content queue (SQS hands each message to one consumer),
-//! resolves the content URL through the content API and TMDB, stores the result, and puts
-//! it in the trailer cache. On a single node the cache is a local map filled from the
-//! store at start; in a cluster it is backed by the replicated state machine, so every
-//! node answers reads without a store round trip.
+//! resolves the content URL through the content API and TMDB, stores the result, and
+//! commits it to the trailer cache: the Raft state machine, replicated to every node, so
+//! every node answers reads from memory without a store round trip, and a node that joins
+//! later gets every entry from the log or a snapshot.
 
 pub mod cache;
 pub mod consumer;
 pub mod refresher;
 pub mod resolve;
 
-pub use cache::{LocalTrailerCache, TrailerCache};
+pub use cache::{CacheError, LocalTrailerCache, TrailerCache};
 pub use consumer::Onboarding;
 pub use resolve::{ResolveError, Resolver};

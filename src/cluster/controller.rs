@@ -1,0 +1,245 @@
+//! What the leader does to keep the cluster in shape: finish moves a previous leader
+//! began, remove members that have left, promote caught-up learners while voters are
+//! wanted, and move shards a batch at a time until every active member holds its share.
+//! Every node runs this loop; only the leader acts.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::ChangeMembers;
+use serde::{Deserialize, Serialize};
+
+use super::balance;
+use super::node::{Cluster, ClusterError};
+use super::router::{NodeId, ShardId};
+use super::state::{MemberState, ShardMove};
+use super::types::{Request, Response};
+use crate::telemetry::Metrics;
+
+/// Asks the old owner of shards to hand them to `to`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ExportRequest {
+    pub to: u64,
+    /// The shards, each with the epoch the old owner holds it at.
+    pub shards: Vec<(ShardId, u64)>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ExportDone {
+    /// Users whose live slots went to the new owner.
+    pub users: usize,
+}
+
+/// Runs for the node's life.
+pub async fn run(cluster: Cluster, metrics: Arc<Metrics>) {
+    let mut raft_metrics = cluster.raft().metrics();
+    let mut changes = cluster.replica().router.subscribe();
+    let mut failures = 0u32;
+    loop {
+        if cluster.is_leader() {
+            match reconcile(&cluster, &metrics).await {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(error = %e, "cluster controller: will retry");
+                    tokio::time::sleep(crate::retry::backoff(
+                        failures,
+                        Duration::from_millis(200),
+                        Duration::from_secs(5),
+                    ))
+                    .await;
+                }
+            }
+        }
+        tokio::select! {
+            changed = raft_metrics.changed() => if changed.is_err() { return },
+            _ = changes.changed() => {},
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {},
+        }
+    }
+}
+
+/// One step towards the cluster the state asks for.
+async fn reconcile(cluster: &Cluster, metrics: &Metrics) -> Result<(), ClusterError> {
+    let state = cluster.state();
+    if state.shards.is_empty() {
+        return Ok(());
+    }
+    if !state.moves.is_empty() {
+        let moves: Vec<ShardMove> = state.moves.values().copied().collect();
+        return drive(cluster, metrics, moves).await;
+    }
+    let counts = state.shard_counts();
+    let gone = state
+        .members
+        .iter()
+        .find(|(id, m)| m.state == MemberState::Leaving && counts.get(id) == Some(&0));
+    if let Some((id, _)) = gone {
+        return remove(cluster, *id).await;
+    }
+    promote(cluster).await?;
+    let owners: Vec<NodeId> = state.shards.iter().map(|o| o.node).collect();
+    let moves = balance::plan(&owners, &state.active_members());
+    if moves.is_empty() {
+        return Ok(());
+    }
+    let batch: Vec<ShardMove> = moves
+        .into_iter()
+        .take(cluster.settings().handoff_batch)
+        .collect();
+    tracing::info!(
+        shards = batch.len(),
+        "rebalancing: moving a batch of shards"
+    );
+    cluster
+        .write(Request::BeginMoves {
+            moves: batch.clone(),
+        })
+        .await?;
+    drive(cluster, metrics, batch).await
+}
+
+/// Has the old owners hand the shards over, then commits the new owners (or gives the
+/// moves up, leaving the shards where they were).
+async fn drive(
+    cluster: &Cluster,
+    metrics: &Metrics,
+    moves: Vec<ShardMove>,
+) -> Result<(), ClusterError> {
+    let state = cluster.state();
+    let mut groups: BTreeMap<(NodeId, NodeId), Vec<ShardId>> = BTreeMap::new();
+    for m in &moves {
+        groups.entry((m.from, m.to)).or_default().push(m.shard);
+    }
+    let timeout = cluster.settings().handoff_wait * 2 + Duration::from_secs(10);
+    for ((from, to), shards) in groups {
+        let started = Instant::now();
+        let numbers: Vec<u32> = shards.iter().map(|s| s.0).collect();
+        let request = ExportRequest {
+            to: to.0,
+            shards: shards
+                .iter()
+                .map(|s| (*s, state.owner(*s).map_or(0, |o| o.epoch)))
+                .collect(),
+        };
+        let exported = match cluster.cluster_addr_of(from) {
+            Some(addr) => cluster
+                .peers()
+                .post::<_, ExportDone>(&addr, "/cluster/handoff/export", &request, timeout)
+                .await
+                .map_err(ClusterError::from),
+            None => Err(ClusterError::Failed(format!("node {from} has no address"))),
+        };
+        match exported {
+            Ok(done) => {
+                cluster
+                    .write(Request::FinishMoves { shards: numbers })
+                    .await?;
+                metrics
+                    .cluster
+                    .handoff_duration
+                    .observe(started.elapsed().as_secs_f64());
+                tracing::info!(
+                    from = from.0,
+                    to = to.0,
+                    shards = shards.len(),
+                    users = done.users,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "shards handed over"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(from = from.0, to = to.0, error = %e, "handoff failed; shards stay");
+                cluster
+                    .write(Request::AbortMoves { shards: numbers })
+                    .await?;
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes a member that has left: first from the member list (so it learns it is gone
+/// while it still receives the log), then from the Raft membership.
+async fn remove(cluster: &Cluster, node: NodeId) -> Result<(), ClusterError> {
+    let (response, index) = cluster
+        .write_indexed(Request::Remove { id: node.0 })
+        .await?;
+    if let Response::Refused(why) = response {
+        return Err(ClusterError::Refused(why));
+    }
+    if node != cluster.id() {
+        wait_replicated(cluster, node, index, Duration::from_secs(5)).await;
+    }
+    let voter = cluster
+        .raft()
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .any(|v| v == node.0);
+    let ids = [node.0].into_iter().collect();
+    let change = if voter {
+        ChangeMembers::RemoveVoters(ids)
+    } else {
+        ChangeMembers::RemoveNodes(ids)
+    };
+    tracing::info!(
+        node_id = node.0,
+        voter,
+        "removing a node from the Raft membership"
+    );
+    cluster.change_membership(change).await
+}
+
+async fn wait_replicated(cluster: &Cluster, node: NodeId, index: u64, wait: Duration) {
+    let started = Instant::now();
+    let mut metrics = cluster.raft().metrics();
+    while started.elapsed() < wait {
+        let matched = metrics
+            .borrow()
+            .replication
+            .as_ref()
+            .and_then(|r| r.get(&node.0).copied().flatten())
+            .map_or(0, |id| id.index);
+        if matched >= index {
+            return;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(100), metrics.changed()).await;
+    }
+}
+
+/// Makes a caught-up active learner a voter while fewer voters than wanted.
+async fn promote(cluster: &Cluster) -> Result<(), ClusterError> {
+    let metrics = cluster.raft().metrics().borrow().clone();
+    let membership = metrics.membership_config.membership();
+    if membership.voter_ids().count() >= cluster.settings().voters {
+        return Ok(());
+    }
+    let state = cluster.state();
+    let last = metrics.last_log_index.unwrap_or(0);
+    let caught_up = |id: u64| {
+        metrics
+            .replication
+            .as_ref()
+            .and_then(|r| r.get(&id).copied().flatten())
+            .is_some_and(|matched| matched.index + 20 >= last)
+    };
+    let candidate = membership.learner_ids().find(|id| {
+        state
+            .members
+            .get(&NodeId(*id))
+            .is_some_and(|m| m.state == MemberState::Active)
+            && caught_up(*id)
+    });
+    if let Some(id) = candidate {
+        tracing::info!(node_id = id, "promoting a learner to voter");
+        cluster
+            .change_membership(ChangeMembers::AddVoterIds([id].into_iter().collect()))
+            .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,226 @@
+//! Node-to-node calls over the cluster listener: Raft RPCs, forwarded user commands,
+//! handoff transfers and admin requests, all JSON over pooled keep-alive HTTP/1.1 with
+//! the cluster secret as a bearer token.
+
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::router::{NodeId, Router};
+use super::types::{NodeAddr, TypeConfig};
+
+/// Why a call to another node failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PeerError {
+    /// Nothing answered (refused, reset, timed out): the node may be down.
+    #[error("node at {addr} is unreachable: {reason}")]
+    Unreachable { addr: String, reason: String },
+    /// It answered with an error status.
+    #[error("node at {addr} answered {status}: {body}")]
+    Status {
+        addr: String,
+        status: u16,
+        body: String,
+    },
+    /// It answered something this version cannot read.
+    #[error("node at {addr} sent an unreadable answer: {reason}")]
+    Decode { addr: String, reason: String },
+}
+
+/// A client for other nodes' cluster listeners, shared by everything on a node.
+#[derive(Clone)]
+pub struct Peers {
+    client: reqwest::Client,
+    bearer: std::sync::Arc<str>,
+}
+
+impl Peers {
+    pub fn new(secret: &str) -> Peers {
+        let client = reqwest::Client::builder()
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(64)
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(2))
+            .build()
+            .expect("a client with no TLS settings builds");
+        Peers {
+            client,
+            bearer: format!("Bearer {secret}").into(),
+        }
+    }
+
+    /// POSTs `body` as JSON to `path` on the node whose cluster listener is `addr`.
+    pub async fn post<Req, Resp>(
+        &self,
+        addr: &str,
+        path: &str,
+        body: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, PeerError>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned,
+    {
+        let request = self
+            .client
+            .post(format!("http://{addr}{path}"))
+            .header(reqwest::header::AUTHORIZATION, &*self.bearer)
+            .json(body)
+            .timeout(timeout);
+        self.send(addr, request).await
+    }
+
+    /// GETs `path` from the node whose cluster listener is `addr`.
+    pub async fn get<Resp: DeserializeOwned>(
+        &self,
+        addr: &str,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<Resp, PeerError> {
+        let request = self
+            .client
+            .get(format!("http://{addr}{path}"))
+            .header(reqwest::header::AUTHORIZATION, &*self.bearer)
+            .timeout(timeout);
+        self.send(addr, request).await
+    }
+
+    async fn send<Resp: DeserializeOwned>(
+        &self,
+        addr: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Resp, PeerError> {
+        let response = request.send().await.map_err(|e| PeerError::Unreachable {
+            addr: addr.to_owned(),
+            reason: error_chain(&e),
+        })?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|e| PeerError::Unreachable {
+            addr: addr.to_owned(),
+            reason: error_chain(&e),
+        })?;
+        if !status.is_success() {
+            return Err(PeerError::Status {
+                addr: addr.to_owned(),
+                status: status.as_u16(),
+                body: String::from_utf8_lossy(&body).chars().take(500).collect(),
+            });
+        }
+        serde_json::from_slice(&body).map_err(|e| PeerError::Decode {
+            addr: addr.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// reqwest's top-level message hides the cause ("error sending request"): say it.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Makes Raft's clients for other nodes.
+pub struct Network {
+    pub peers: Peers,
+    pub router: Router,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = NodeClient;
+
+    async fn new_client(&mut self, target: u64, node: &NodeAddr) -> NodeClient {
+        NodeClient {
+            target,
+            fallback_addr: node.cluster_addr.clone(),
+            peers: self.peers.clone(),
+            router: self.router.clone(),
+        }
+    }
+}
+
+/// Raft's client for one other node.
+pub struct NodeClient {
+    target: u64,
+    /// The address in the Raft membership; the member list's wins when it has one (a
+    /// restarted node may listen elsewhere now).
+    fallback_addr: String,
+    peers: Peers,
+    router: Router,
+}
+
+impl NodeClient {
+    async fn call<Req, Resp, E>(
+        &self,
+        path: &str,
+        request: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<u64, NodeAddr, RaftError<u64, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let addr = self
+            .router
+            .table()
+            .cluster_addr(NodeId(self.target))
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| self.fallback_addr.clone());
+        let answer: Result<Result<Resp, RaftError<u64, E>>, PeerError> = self
+            .peers
+            .post(&addr, path, request, option.hard_ttl())
+            .await;
+        match answer {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),
+            Err(e @ PeerError::Unreachable { .. }) => {
+                Err(RPCError::Unreachable(Unreachable::new(&e)))
+            }
+            Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
+        }
+    }
+}
+
+impl RaftNetwork<TypeConfig> for NodeClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, NodeAddr, RaftError<u64>>> {
+        self.call("/cluster/raft/append", &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<u64>,
+        RPCError<u64, NodeAddr, RaftError<u64, InstallSnapshotError>>,
+    > {
+        self.call("/cluster/raft/snapshot", &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RPCError<u64, NodeAddr, RaftError<u64>>> {
+        self.call("/cluster/raft/vote", &rpc, &option).await
+    }
+}

@@ -1,0 +1,267 @@
+//! The cluster's metadata and how each Raft command changes it. Pure: no I/O, no async,
+//! so every node that applies the same log reaches the same state.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::router::{NodeId, ShardId};
+use super::types::{NodeAddr, Request, Response};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberState {
+    /// Owns its share of the shards.
+    Active,
+    /// Hands its shards to the others and stays a member (a planned stop).
+    Draining,
+    /// Hands its shards to the others, then is removed.
+    Leaving,
+}
+
+impl MemberState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberState::Active => "active",
+            MemberState::Draining => "draining",
+            MemberState::Leaving => "leaving",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub addr: NodeAddr,
+    pub state: MemberState,
+}
+
+/// Who owns a shard, and since when: the epoch rises each time it changes hands, so a
+/// command sent with an older epoch is known to have been routed on a stale table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardOwner {
+    pub node: NodeId,
+    pub epoch: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardMove {
+    pub shard: ShardId,
+    pub from: NodeId,
+    pub to: NodeId,
+}
+
+/// Everything Raft keeps but the trailers (kept beside it, since they are read per
+/// request and never needed by routing).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub members: BTreeMap<NodeId, Member>,
+    /// Ids that were removed and must never come back.
+    pub removed: BTreeSet<NodeId>,
+    /// Owner of every shard; empty until the cluster is initialized.
+    pub shards: Vec<ShardOwner>,
+    /// Moves begun and not yet finished or aborted, by shard.
+    pub moves: BTreeMap<ShardId, ShardMove>,
+}
+
+impl ClusterState {
+    /// Applies one command. Refusals change nothing.
+    pub fn apply(&mut self, request: &Request) -> Response {
+        match request {
+            Request::Join { id, addr } => {
+                let id = NodeId(*id);
+                if self.removed.contains(&id) {
+                    return refused(format!("node {id} was removed from the cluster"));
+                }
+                // A restart ends a drain, never a leave.
+                let state = match self.members.get(&id) {
+                    Some(m) if m.state == MemberState::Leaving => MemberState::Leaving,
+                    _ => MemberState::Active,
+                };
+                self.members.insert(
+                    id,
+                    Member {
+                        addr: addr.clone(),
+                        state,
+                    },
+                );
+            }
+            Request::SetState { id, state } => {
+                let Some(member) = self.members.get_mut(&NodeId(*id)) else {
+                    return refused(format!("node {id} is not a member"));
+                };
+                // Leaving is final: a drain must not turn a leave back into a stay.
+                if member.state != MemberState::Leaving || *state == MemberState::Leaving {
+                    member.state = *state;
+                }
+            }
+            Request::Remove { id } => {
+                let id = NodeId(*id);
+                if self.shards.iter().any(|s| s.node == id) {
+                    return refused(format!("node {id} still owns shards"));
+                }
+                self.members.remove(&id);
+                self.removed.insert(id);
+                self.moves.retain(|_, m| m.to != id && m.from != id);
+            }
+            Request::AssignAll { id, shards } => {
+                if !self.shards.is_empty() {
+                    return refused("the shard table is already assigned".into());
+                }
+                self.shards = vec![
+                    ShardOwner {
+                        node: NodeId(*id),
+                        epoch: 1,
+                    };
+                    *shards as usize
+                ];
+            }
+            Request::BeginMoves { moves } => {
+                for m in moves {
+                    let current = self.shards.get(m.shard.0 as usize);
+                    if current.is_some_and(|owner| owner.node == m.from)
+                        && self.members.contains_key(&m.to)
+                    {
+                        self.moves.insert(m.shard, *m);
+                    }
+                }
+            }
+            Request::FinishMoves { shards } => {
+                for shard in shards {
+                    let shard = ShardId(*shard);
+                    if let Some(m) = self.moves.remove(&shard)
+                        && let Some(owner) = self.shards.get_mut(shard.0 as usize)
+                    {
+                        owner.node = m.to;
+                        owner.epoch += 1;
+                    }
+                }
+            }
+            Request::AbortMoves { shards } => {
+                for shard in shards {
+                    self.moves.remove(&ShardId(*shard));
+                }
+            }
+            // Trailers live beside this state; the state machine stores them.
+            Request::PutTrailer { .. } => {}
+        }
+        Response::Applied
+    }
+
+    pub fn owner(&self, shard: ShardId) -> Option<ShardOwner> {
+        self.shards.get(shard.0 as usize).copied()
+    }
+
+    /// Shards owned, by node (members that own none are listed with 0).
+    pub fn shard_counts(&self) -> BTreeMap<NodeId, usize> {
+        let mut counts: BTreeMap<NodeId, usize> = self.members.keys().map(|id| (*id, 0)).collect();
+        for owner in &self.shards {
+            *counts.entry(owner.node).or_default() += 1;
+        }
+        counts
+    }
+
+    /// Members that should own shards.
+    pub fn active_members(&self) -> Vec<NodeId> {
+        self.members
+            .iter()
+            .filter(|(_, m)| m.state == MemberState::Active)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+}
+
+fn refused(why: String) -> Response {
+    Response::Refused(why)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> NodeAddr {
+        NodeAddr {
+            player_addr: format!("127.0.0.1:{port}"),
+            cluster_addr: format!("127.0.0.1:{}", port + 1),
+        }
+    }
+
+    fn two_nodes() -> ClusterState {
+        let mut state = ClusterState::default();
+        state.apply(&Request::Join {
+            id: 1,
+            addr: addr(1000),
+        });
+        state.apply(&Request::AssignAll { id: 1, shards: 4 });
+        state.apply(&Request::Join {
+            id: 2,
+            addr: addr(2000),
+        });
+        state
+    }
+
+    #[test]
+    fn a_move_changes_the_owner_and_raises_the_epoch_only_when_finished() {
+        let mut state = two_nodes();
+        let m = ShardMove {
+            shard: ShardId(3),
+            from: NodeId(1),
+            to: NodeId(2),
+        };
+        state.apply(&Request::BeginMoves { moves: vec![m] });
+        assert_eq!(state.owner(ShardId(3)).unwrap().node, NodeId(1));
+        assert_eq!(state.moves.len(), 1);
+        state.apply(&Request::FinishMoves { shards: vec![3] });
+        let owner = state.owner(ShardId(3)).unwrap();
+        assert_eq!((owner.node, owner.epoch), (NodeId(2), 2));
+        assert!(state.moves.is_empty());
+        // Finishing again is a no-op: the epoch does not rise twice.
+        state.apply(&Request::FinishMoves { shards: vec![3] });
+        assert_eq!(state.owner(ShardId(3)).unwrap().epoch, 2);
+    }
+
+    #[test]
+    fn a_move_from_a_node_that_is_not_the_owner_is_ignored() {
+        let mut state = two_nodes();
+        state.apply(&Request::BeginMoves {
+            moves: vec![ShardMove {
+                shard: ShardId(0),
+                from: NodeId(2),
+                to: NodeId(1),
+            }],
+        });
+        assert!(state.moves.is_empty());
+    }
+
+    #[test]
+    fn a_removed_id_never_comes_back() {
+        let mut state = two_nodes();
+        assert_eq!(state.apply(&Request::Remove { id: 2 }), Response::Applied);
+        assert!(matches!(
+            state.apply(&Request::Join {
+                id: 2,
+                addr: addr(3000)
+            }),
+            Response::Refused(_)
+        ));
+        assert!(!state.members.contains_key(&NodeId(2)));
+        // A node that owns shards cannot be removed.
+        assert!(matches!(
+            state.apply(&Request::Remove { id: 1 }),
+            Response::Refused(_)
+        ));
+    }
+
+    #[test]
+    fn leaving_is_not_undone_by_a_drain() {
+        let mut state = two_nodes();
+        state.apply(&Request::SetState {
+            id: 2,
+            state: MemberState::Leaving,
+        });
+        state.apply(&Request::SetState {
+            id: 2,
+            state: MemberState::Draining,
+        });
+        assert_eq!(state.members[&NodeId(2)].state, MemberState::Leaving);
+    }
+}

@@ -1,0 +1,69 @@
+//! The Raft type configuration, and the commands and answers that go through the log.
+//! Only metadata goes through Raft: members, the shard table, handoffs and trailers.
+
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+use super::state::{MemberState, ShardMove};
+use crate::domain::TrailerEntry;
+
+/// How a node is reached, as openraft stores it in the membership. The addresses kept in
+/// the state machine's member list win over these when they differ (a node restarted
+/// on another port updates them through the log).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAddr {
+    pub player_addr: String,
+    pub cluster_addr: String,
+}
+
+impl std::fmt::Display for NodeAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (players {})", self.cluster_addr, self.player_addr)
+    }
+}
+
+/// A change to the cluster's metadata.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// Adds a member (active) or updates its addresses and marks it active again.
+    Join { id: u64, addr: NodeAddr },
+    /// Marks a member draining (it keeps its membership) or leaving (it will be removed).
+    SetState { id: u64, state: MemberState },
+    /// Removes a member for good: its id is never accepted again.
+    Remove { id: u64 },
+    /// Gives every shard to `id` (the first node of a new cluster).
+    AssignAll { id: u64, shards: u32 },
+    /// Starts moving shards: each stays with its owner until `FinishMoves`.
+    BeginMoves { moves: Vec<ShardMove> },
+    /// The new owners take over the shards (their epoch rises).
+    FinishMoves { shards: Vec<u32> },
+    /// Gives up moves that could not be done; the shards stay where they were.
+    AbortMoves { shards: Vec<u32> },
+    /// Stores a trailer entry under its content key.
+    PutTrailer { key: String, entry: TrailerEntry },
+}
+
+/// The answer to a `Request` once applied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Applied,
+    /// Not applied, and why (e.g. the member was removed).
+    Refused(String),
+}
+
+openraft::declare_raft_types!(
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        Node = NodeAddr,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type LogId = openraft::LogId<u64>;
+pub type Vote = openraft::Vote<u64>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type StorageError = openraft::StorageError<u64>;
+pub type StoredMembership = openraft::StoredMembership<u64, NodeAddr>;
+pub type SnapshotMeta = openraft::SnapshotMeta<u64, NodeAddr>;
