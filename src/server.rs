@@ -20,7 +20,8 @@ use crate::api::{self, AppState, DevRoutes};
 use crate::catalog::Catalog;
 use crate::clock::Clock;
 use crate::cluster::{
-    Cluster, ClusterSettings, NodeAddr, NodeId, ReplicatedTrailerCache, Router, ShardId,
+    Cluster, ClusterError, ClusterSettings, NodeAddr, NodeId, ReplicatedTrailerCache, Router,
+    ShardId,
 };
 use crate::config::{CatalogKind, Config, EventSinkKind, StoreBackend, threads_or_cores};
 use crate::domain::StreamPolicy;
@@ -543,12 +544,22 @@ impl Node {
                 tracing::info!(signal, "stopping");
                 drain(&self.cluster, self.config.cluster.drain_timeout).await;
             }
-            StopReason::Removed => {
+            StopReason::Removed if self.cluster.has_formed() => {
                 tracing::info!("this node was removed from the cluster: stopping");
+                // Until the others have committed the membership without this node, they
+                // may still need its vote.
+                if !self.cluster.wait_out_of_membership(deadline).await {
+                    tracing::warn!("the others did not confirm the membership change in time");
+                }
             }
-        }
-        if let Some(e) = self.cluster.formation_error() {
-            failed = Some(e);
+            // It never served in this run: its id is gone, or it could not join.
+            StopReason::Removed => {
+                failed = Some(
+                    self.cluster
+                        .formation_error()
+                        .unwrap_or(ClusterError::Removed(self.cluster.id().0)),
+                );
+            }
         }
         tracing::info!("moving user actors off the HTTP workers");
         self.registry.move_actors_off_workers(deadline).await;

@@ -92,6 +92,8 @@ pub struct StatusReport {
     /// Shards owned, by node id.
     pub shards: BTreeMap<String, usize>,
     pub handoffs: Vec<MoveReport>,
+    /// Every node in the Raft membership (voters and learners), as this node knows it.
+    pub raft_members: Vec<u64>,
 }
 
 /// The answer to a join: where the cluster was when this node was added, so that the
@@ -551,6 +553,7 @@ impl Cluster {
                 .into_iter()
                 .map(|(id, n)| (id.0.to_string(), n))
                 .collect(),
+            raft_members: membership.nodes().map(|(id, _)| *id).collect(),
             handoffs: state
                 .moves
                 .values()
@@ -561,6 +564,36 @@ impl Cluster {
                 })
                 .collect(),
         }
+    }
+
+    /// After this node was removed: waits until the remaining members have taken it out
+    /// of the Raft membership too, so that they can elect a leader without it.
+    pub async fn wait_out_of_membership(&self, timeout: Duration) -> bool {
+        let me = self.inner.id.0;
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            let others: Vec<String> = self
+                .state()
+                .members
+                .values()
+                .map(|m| m.addr.cluster_addr.clone())
+                .collect();
+            for addr in others {
+                let report = self
+                    .inner
+                    .peers
+                    .get::<StatusReport>(&addr, "/cluster/admin/status", Duration::from_secs(2))
+                    .await;
+                if let Ok(report) = report
+                    && report.leader.is_some_and(|l| l != me)
+                    && !report.raft_members.contains(&me)
+                {
+                    return true;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        false
     }
 
     /// Keeps the Raft gauges current; runs for the node's life.
@@ -595,6 +628,11 @@ impl Cluster {
             .await
             .map(|_| ())
             .map_err(|e| ClusterError::Failed(format!("membership change: {e}")))
+    }
+
+    /// Whether this node took its place in the cluster during this run.
+    pub fn has_formed(&self) -> bool {
+        self.inner.ready_at.load(Ordering::Acquire) > 0
     }
 
     pub fn set_formation_error(&self, error: ClusterError) {
