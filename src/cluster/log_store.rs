@@ -1,5 +1,7 @@
 //! The Raft log and vote, durable in redb (`raft.redb` in the data dir). An append is
 //! acknowledged to Raft only after its transaction is committed with fsync.
+// openraft's traits fix the error type (`StorageError`, large); helpers return it as they do.
+#![allow(clippy::result_large_err)]
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};

@@ -151,7 +151,7 @@ impl Router {
     /// Installs a newer table and wakes whoever waits for one.
     pub fn publish(&self, table: ShardTable) {
         let version = table.version;
-        if let Some(shards) = (table.is_assigned()).then(|| table.owners.len() as u32)
+        if let Some(shards) = table.is_assigned().then_some(table.owners.len() as u32)
             && shards != self.shards
         {
             tracing::warn!(
