@@ -23,9 +23,12 @@ USER playstate
 WORKDIR /var/lib/playstate
 ENV PLAYSTATE_SERVER__LISTEN=0.0.0.0:8080 \
     PLAYSTATE_STORAGE__DATA_DIR=/var/lib/playstate/data
-EXPOSE 8080
+# The cluster listener stays on loopback unless told otherwise: for a cluster set
+# PLAYSTATE_CLUSTER__LISTEN=0.0.0.0:7080 and PLAYSTATE_CLUSTER__SECRET (required then).
+EXPOSE 8080 7080
 HEALTHCHECK --interval=10s --timeout=2s CMD curl -fsS http://127.0.0.1:8080/health || exit 1
-# SIGTERM drains in-flight requests and stops actors before exit.
+# SIGTERM hands this node's shards to the others (in a cluster), drains in-flight
+# requests and stops actors before exit.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["playstate"]
 CMD ["serve"]
