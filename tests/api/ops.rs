@@ -189,8 +189,11 @@ async fn health_and_ready() {
     let health = node.get("/health").await;
     assert_eq!(health.status(), 200);
     assert_eq!(health.text().await.unwrap(), r#"{"status":"OK"}"#);
-    let ready = node.get("/ready").await;
-    assert_eq!(ready.status(), 200);
+    // Ready once it has formed its one-node cluster (a moment after it listens).
+    eventually("the node is ready", || async {
+        (node.get("/ready").await.status() == 200).then_some(())
+    })
+    .await;
     let clock = node
         .client
         .post(node.url("/dev/clock/advance"))

@@ -296,7 +296,10 @@ async fn trailer_service_rows_of_the_contract() {
     );
     // Without a token the node still serves, and says why onboarding is off.
     assert!(node.logs().contains("trailer onboarding is off"));
-    assert_eq!(node.get("/ready").await.status(), 200);
+    eventually("the node is ready", || async {
+        (node.get("/ready").await.status() == 200).then_some(())
+    })
+    .await;
 
     let production = TestNode::spawn("").await;
     let hidden = production
