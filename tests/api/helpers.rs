@@ -18,6 +18,11 @@ pub const DEADLINE: Duration = Duration::from_secs(15);
 pub struct TestNode {
     child: Option<Child>,
     pub addr: String,
+    /// The cluster listener, `HOST:PORT`.
+    pub cluster_addr: String,
+    /// Extra command-line arguments and environment, kept for restarts.
+    args: Vec<String>,
+    env: Vec<(String, String)>,
     pub client: reqwest::Client,
     pub data_dir: PathBuf,
     config_file: PathBuf,
@@ -28,21 +33,49 @@ pub struct TestNode {
 impl TestNode {
     /// A node with the compiled-in defaults plus `config` (TOML).
     pub async fn spawn(config: &str) -> TestNode {
+        TestNode::spawn_with(config, &[], &[]).await
+    }
+
+    /// A node with extra arguments (e.g. `--node-id`, `--join`) and environment.
+    pub async fn spawn_with(config: &str, args: &[String], env: &[(&str, &str)]) -> TestNode {
         let dir = tempfile::tempdir().expect("tempdir");
         let data_dir = dir.path().join("data");
         let config_file = dir.path().join("node.toml");
         std::fs::write(&config_file, config).expect("write config");
-        let mut node = TestNode::start(&data_dir, &config_file).await;
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut node = TestNode::start(&data_dir, &config_file, args.to_vec(), env).await;
         node._dir = Some(dir);
         node
     }
 
-    async fn start(data_dir: &Path, config_file: &Path) -> TestNode {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_playstate"))
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+    fn command(
+        data_dir: &Path,
+        config_file: &Path,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_playstate"));
+        command
+            .args(["--listen", "127.0.0.1:0", "--cluster-listen", "127.0.0.1:0"])
+            .arg("--data-dir")
             .arg(data_dir)
             .arg("--config")
             .arg(config_file)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)));
+        command
+    }
+
+    async fn start(
+        data_dir: &Path,
+        config_file: &Path,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+    ) -> TestNode {
+        let mut child = TestNode::command(data_dir, config_file, &args, &env)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -56,13 +89,17 @@ impl TestNode {
                 if let Ok(json) = serde_json::from_str::<Value>(&line)
                     && json["message"] == "listening"
                 {
-                    let _ = addr_tx.send(json["addr"].as_str().unwrap_or_default().to_owned());
+                    let addrs = (
+                        json["addr"].as_str().unwrap_or_default().to_owned(),
+                        json["cluster_addr"].as_str().unwrap_or_default().to_owned(),
+                    );
+                    let _ = addr_tx.send(addrs);
                 }
                 sink.lock().unwrap().push(line);
             }
         });
-        let addr = match addr_rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(addr) => addr,
+        let (addr, cluster_addr) = match addr_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addrs) => addrs,
             Err(_) => {
                 let _ = child.kill();
                 panic!(
@@ -74,6 +111,9 @@ impl TestNode {
         TestNode {
             child: Some(child),
             addr: format!("http://{addr}"),
+            cluster_addr,
+            args,
+            env,
             client: reqwest::Client::new(),
             data_dir: data_dir.to_path_buf(),
             config_file: config_file.to_path_buf(),
@@ -85,9 +125,65 @@ impl TestNode {
     /// SIGTERM, wait for a clean exit (asserted), and start again on the same data.
     pub async fn restart(mut self) -> TestNode {
         self.stop();
-        let mut next = TestNode::start(&self.data_dir, &self.config_file).await;
+        self.start_again().await
+    }
+
+    /// Starts a stopped node again on its data dir, with the same arguments (less those
+    /// `drop_args` names, e.g. `--join`, with their values).
+    pub async fn start_again(mut self) -> TestNode {
+        assert!(self.child.is_none(), "the node is still running");
+        let args = self.args.clone();
+        let env = std::mem::take(&mut self.env);
+        let mut next = TestNode::start(&self.data_dir, &self.config_file, args, env).await;
         next._dir = self._dir.take();
         next
+    }
+
+    /// Starts the binary on this (stopped) node's data dir and waits for it to exit;
+    /// for a node that must refuse to start. Returns the exit status and the output.
+    pub fn run_to_exit(&self) -> (std::process::ExitStatus, String) {
+        assert!(self.child.is_none(), "the node is still running");
+        let output = TestNode::command(&self.data_dir, &self.config_file, &self.args, &self.env)
+            .output()
+            .expect("run playstate");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status, text)
+    }
+
+    /// Drops the arguments `name` and its value (e.g. `--join` after the first start).
+    pub fn forget_arg(&mut self, name: &str) {
+        if let Some(at) = self.args.iter().position(|a| a == name) {
+            self.args.drain(at..(at + 2).min(self.args.len()));
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Waits for the node to exit by itself; panics unless it exits 0 within `deadline`.
+    pub fn wait_for_exit(&mut self, deadline: Duration) {
+        let mut child = self.child.take().expect("the node is running");
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                assert!(
+                    status.success(),
+                    "node exited with {status}; logs:\n{}",
+                    self.logs()
+                );
+                return;
+            }
+            if started.elapsed() > deadline {
+                let _ = child.kill();
+                panic!("node did not exit by itself; logs:\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// SIGTERM and wait; panics unless the node exits 0 within the deadline.

@@ -2,6 +2,7 @@
 //! needed, talks to the moto emulator that scripts/test.sh runs) and speaks HTTP to it.
 
 mod aws;
+mod cluster;
 mod helpers;
 mod library;
 mod library_dynamo;

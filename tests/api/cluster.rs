@@ -1,0 +1,495 @@
+//! Real node processes forming a cluster on loopback: formation, the limit across nodes,
+//! the cluster listener's secret, drains, restarts, leaves and joins under load.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use super::helpers::{TestNode, eventually, sessions, user};
+
+const SECRET: &str = "cluster-test-secret";
+
+/// Small timeouts, so a test spends its time on behaviour, not on waiting.
+const FAST: &str = r#"
+[cluster]
+heartbeat_interval = "100ms"
+election_timeout = "800ms"
+handoff_wait = "5s"
+"#;
+
+async fn node(id: u64, join: Option<&str>) -> TestNode {
+    let mut args = vec!["--node-id".to_owned(), id.to_string()];
+    if let Some(join) = join {
+        args.extend(["--join".to_owned(), join.to_owned()]);
+    }
+    TestNode::spawn_with(FAST, &args, &[("PLAYSTATE_CLUSTER__SECRET", SECRET)]).await
+}
+
+/// `playstate cluster status --json` through `node`.
+fn status(node: &TestNode) -> Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_playstate"))
+        .args([
+            "cluster",
+            "status",
+            "--json",
+            "--cluster-addr",
+            &node.cluster_addr,
+        ])
+        .env("PLAYSTATE_CLUSTER__SECRET", SECRET)
+        .output()
+        .expect("run playstate cluster status");
+    assert!(
+        output.status.success(),
+        "status failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("status is JSON")
+}
+
+fn shard_counts(status: &Value) -> Vec<u64> {
+    let mut counts: Vec<u64> = status["shards"]
+        .as_object()
+        .expect("shards")
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    counts.sort();
+    counts
+}
+
+/// Waits until `node` sees `members` members, a leader, no moves, and balanced shards.
+async fn settled(node: &TestNode, members: usize) -> Value {
+    eventually("the cluster to settle", || async {
+        let s = status(node);
+        let counts: Vec<u64> = shard_counts(&s).into_iter().filter(|c| *c > 0).collect();
+        let balanced = counts.len() == members
+            && counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1;
+        (s["members"].as_array().unwrap().len() == members
+            && !s["leader"].is_null()
+            && s["handoffs"].as_array().unwrap().is_empty()
+            && balanced)
+            .then_some(s)
+    })
+    .await
+}
+
+async fn ready(node: &TestNode) {
+    eventually("the node to be ready", || async {
+        (node.get("/ready").await.status() == 200).then_some(())
+    })
+    .await;
+}
+
+async fn three_nodes() -> Vec<TestNode> {
+    let first = node(1, None).await;
+    ready(&first).await;
+    let join = first.cluster_addr.clone();
+    let second = node(2, Some(&join)).await;
+    let third = node(3, Some(&join)).await;
+    let nodes = vec![first, second, third];
+    for n in &nodes {
+        ready(n).await;
+    }
+    settled(&nodes[0], 3).await;
+    nodes
+}
+
+async fn heartbeat(node: &TestNode, user: &str, session: &str) -> u16 {
+    node.as_user(Method::PUT, &format!("/v1/streams/{session}"), user)
+        .json(&json!({ "streamId": "film" }))
+        .send()
+        .await
+        .expect("heartbeat")
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn three_nodes_form_a_cluster_and_share_the_shards() {
+    let nodes = three_nodes().await;
+    let s = status(&nodes[1]);
+    let members = s["members"].as_array().unwrap();
+    assert_eq!(members.len(), 3);
+    assert!(members.iter().all(|m| m["role"] == "voter"), "{s}");
+    assert!(members.iter().all(|m| m["state"] == "active"), "{s}");
+    assert_eq!(shard_counts(&s), [341, 341, 342]);
+    let leader = s["leader"].as_u64().unwrap();
+    assert!((1..=3).contains(&leader));
+    for n in &nodes {
+        assert_eq!(
+            status(n)["leader"].as_u64(),
+            Some(leader),
+            "every node sees one leader"
+        );
+    }
+    let table = Command::new(env!("CARGO_BIN_EXE_playstate"))
+        .args([
+            "cluster",
+            "status",
+            "--cluster-addr",
+            &nodes[2].cluster_addr,
+        ])
+        .env("PLAYSTATE_CLUSTER__SECRET", SECRET)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
+    for n in &nodes {
+        assert!(text.contains(&n.cluster_addr), "{text}");
+    }
+    assert!(text.contains(&format!("leader {leader}")), "{text}");
+    // The cluster metrics say the same.
+    let owned: f64 = {
+        let mut sum = 0.0;
+        for n in &nodes {
+            sum += n.metric("playstate_cluster_shards_owned").await;
+        }
+        sum
+    };
+    assert_eq!(owned, 1024.0);
+    let mut leaders = 0.0;
+    for n in &nodes {
+        leaders += n.metric("playstate_cluster_is_leader").await;
+    }
+    assert_eq!(leaders, 1.0);
+}
+
+#[tokio::test]
+async fn the_limit_holds_across_nodes() {
+    let nodes = three_nodes().await;
+    let viewer = user();
+    let attempts = (0..50).map(|i| {
+        let node = &nodes[i % 3];
+        let viewer = viewer.clone();
+        async move { heartbeat(node, &viewer, &format!("session-{i}")).await }
+    });
+    let statuses = futures_util::future::join_all(attempts).await;
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        3,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        47,
+        "{statuses:?}"
+    );
+    let winners: BTreeSet<String> = statuses
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| **s == 200)
+        .map(|(i, _)| format!("session-{i}"))
+        .collect();
+    for n in &nodes {
+        let seen: BTreeSet<String> = sessions(n, &viewer).await.into_iter().collect();
+        assert_eq!(seen, winners, "GET /v1/streams through {}", n.addr);
+    }
+    // One slot per contract, each taken through another node: the 4th is refused.
+    // Streamy allows ids of at most 36 characters.
+    let household = user()[..30].to_owned();
+    let streamy = nodes[0]
+        .client
+        .post(nodes[0].url("/video-streams/subscription"))
+        .json(&json!({ "userId": household, "videoStreamId": "a" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(streamy.status(), 200);
+    let beat = nodes[1]
+        .client
+        .post(nodes[1].url("/heartbeat"))
+        .json(&json!({ "userId": household, "streamId": "b", "sessionId": "b" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(beat.status(), 200);
+    let video = |n: &TestNode, id: &str| {
+        n.client
+            .post(n.url(&format!("/user/{household}/stream")))
+            .json(&json!({ "video_id": id }))
+            .send()
+    };
+    assert_eq!(video(&nodes[2], "c").await.unwrap().status(), 200);
+    let refused = video(&nodes[2], "d").await.unwrap();
+    assert_eq!(refused.status(), 403);
+    assert_eq!(
+        refused.json::<Value>().await.unwrap(),
+        json!({ "message": "User watching too many video streams." })
+    );
+    let mut lists = Vec::new();
+    for n in &nodes {
+        let list: Value = n
+            .get(&format!("/user/{household}/streams"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        lists.push(list);
+    }
+    // Every contract's slots count, and show, for the user.
+    assert_eq!(lists[0], json!({ "streams": ["a", "b", "c"] }));
+    assert!(lists.iter().all(|l| *l == lists[0]), "{lists:?}");
+    // Progress and watchlist through any node.
+    let reader = user();
+    let asset = super::helpers::asset();
+    let put = nodes[0]
+        .as_user(Method::PUT, &format!("/v1/progress/{asset}"), &reader)
+        .json(&json!({ "progress": 1135 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    let listed = nodes[2]
+        .as_user(Method::PUT, &format!("/v1/watchlist/{asset}"), &reader)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), 200);
+    for n in &nodes {
+        assert_eq!(
+            n.get_json(&format!("/v1/progress/{asset}"), &reader).await,
+            json!({ "asset": asset, "progress": 1135 })
+        );
+        assert_eq!(
+            n.get_json("/v1/watchlist", &reader).await[0]["asset"],
+            json!(asset)
+        );
+    }
+    // Forwarding is counted on the nodes that forwarded.
+    let mut forwarded = 0.0;
+    for n in &nodes {
+        forwarded += n
+            .metric("playstate_forwarded_commands_total{outcome=\"ok\"}")
+            .await;
+    }
+    assert!(forwarded > 0.0);
+}
+
+#[tokio::test]
+async fn cluster_routes_need_the_secret() {
+    let n = node(1, None).await;
+    ready(&n).await;
+    let routes = [
+        (Method::POST, "/cluster/raft/append"),
+        (Method::POST, "/cluster/raft/vote"),
+        (Method::POST, "/cluster/raft/snapshot"),
+        (Method::POST, "/cluster/forward"),
+        (Method::POST, "/cluster/handoff/export"),
+        (Method::POST, "/cluster/handoff/import"),
+        (Method::GET, "/cluster/admin/status"),
+        (Method::POST, "/cluster/admin/join"),
+        (Method::POST, "/cluster/admin/leave"),
+        (Method::POST, "/cluster/admin/drain"),
+        (Method::POST, "/cluster/admin/write"),
+    ];
+    for (method, path) in routes {
+        let cluster_url = format!("http://{}{path}", n.cluster_addr);
+        for auth in [None, Some("Bearer wrong"), Some(SECRET)] {
+            let mut request = n
+                .client
+                .request(method.clone(), &cluster_url)
+                .json(&json!({}));
+            if let Some(auth) = auth {
+                request = request.header("authorization", auth);
+            }
+            let status = request.send().await.unwrap().status();
+            assert_eq!(status, 401, "{method} {path} with {auth:?}");
+        }
+        let player = n
+            .client
+            .request(method.clone(), n.url(path))
+            .header("authorization", format!("Bearer {SECRET}"))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            player.status(),
+            404,
+            "{method} {path} on the player listener"
+        );
+    }
+    // With the secret, the admin API answers.
+    let ok = n
+        .client
+        .get(format!("http://{}/cluster/admin/status", n.cluster_addr))
+        .header("authorization", format!("Bearer {SECRET}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+}
+
+/// Every viewer still holds the "tv" and "phone" slots, seen through `entry`.
+async fn assert_slots(entry: &TestNode, viewers: &[String]) {
+    let expect: BTreeSet<String> = ["phone".to_owned(), "tv".to_owned()].into();
+    for v in viewers {
+        let seen: BTreeSet<String> = sessions(entry, v).await.into_iter().collect();
+        assert_eq!(seen, expect, "slots of {v}");
+    }
+}
+
+#[tokio::test]
+async fn drain_restart_and_leave_lose_no_slot() {
+    let mut nodes = three_nodes().await;
+    // Users with slots all over the shards.
+    let viewers: Vec<String> = (0..30).map(|_| user()).collect();
+    for (i, v) in viewers.iter().enumerate() {
+        assert_eq!(heartbeat(&nodes[i % 3], v, "tv").await, 200);
+        assert_eq!(heartbeat(&nodes[(i + 1) % 3], v, "phone").await, 200);
+    }
+    // A planned stop of node 2: its shards go to the others, it stays a member.
+    let mut second = nodes.remove(1);
+    let pid = second.pid().unwrap();
+    second.stop();
+    let s = status(&nodes[0]);
+    assert_eq!(s["shards"]["2"], 0, "{s}");
+    let drained = s["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == 2)
+        .cloned();
+    assert_eq!(drained.unwrap()["state"], "draining");
+    assert_slots(&nodes[0], &viewers).await;
+    assert!(second.logs().contains("drained"), "{pid}");
+    // Started again (no --join): it rejoins from its log and gets shards back.
+    second.forget_arg("--join");
+    let second = second.start_again().await;
+    ready(&second).await;
+    let s = settled(&nodes[0], 3).await;
+    assert!(s["shards"]["2"].as_u64().unwrap() >= 341, "{s}");
+    nodes.insert(1, second);
+    assert_slots(&nodes[0], &viewers).await;
+    // Node 3 leaves for good: drained, removed, and it exits by itself.
+    let leave = Command::new(env!("CARGO_BIN_EXE_playstate"))
+        .args([
+            "cluster",
+            "leave",
+            "--node-id",
+            "3",
+            "--cluster-addr",
+            &nodes[0].cluster_addr,
+        ])
+        .env("PLAYSTATE_CLUSTER__SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(
+        leave.status.success(),
+        "{}",
+        String::from_utf8_lossy(&leave.stderr)
+    );
+    let mut third = nodes.remove(2);
+    third.wait_for_exit(Duration::from_secs(30));
+    let s = settled(&nodes[0], 2).await;
+    assert_eq!(shard_counts(&s), [512, 512]);
+    assert_slots(&nodes[0], &viewers).await;
+    // Its id is gone for good: started again, it refuses.
+    let (exit, output) = third.run_to_exit();
+    assert!(!exit.success(), "a removed node must not start");
+    assert!(output.contains("was removed from the cluster"), "{output}");
+}
+
+#[tokio::test]
+async fn the_leader_can_leave() {
+    let mut nodes = three_nodes().await;
+    let viewer = user();
+    assert_eq!(heartbeat(&nodes[0], &viewer, "a").await, 200);
+    assert_eq!(heartbeat(&nodes[1], &viewer, "b").await, 200);
+    let leader = status(&nodes[0])["leader"].as_u64().unwrap();
+    let leave = Command::new(env!("CARGO_BIN_EXE_playstate"))
+        .args(["cluster", "leave", "--node-id", &leader.to_string()])
+        .args(["--cluster-addr", &nodes[0].cluster_addr])
+        .env("PLAYSTATE_CLUSTER__SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(
+        leave.status.success(),
+        "{}",
+        String::from_utf8_lossy(&leave.stderr)
+    );
+    let mut old = nodes.remove(leader as usize - 1);
+    old.wait_for_exit(Duration::from_secs(30));
+    let s = eventually("a new leader", || async {
+        let s = status(&nodes[0]);
+        (s["leader"].as_u64().is_some_and(|l| l != leader)).then_some(s)
+    })
+    .await;
+    assert_eq!(s["members"].as_array().unwrap().len(), 2);
+    let s = settled(&nodes[1], 2).await;
+    assert_eq!(shard_counts(&s), [512, 512]);
+    for n in &nodes {
+        let seen: BTreeSet<String> = sessions(n, &viewer).await.into_iter().collect();
+        assert_eq!(seen, ["a".to_owned(), "b".to_owned()].into());
+    }
+}
+
+#[tokio::test]
+async fn a_join_under_load_fails_no_request() {
+    let first = node(1, None).await;
+    ready(&first).await;
+    let second = node(2, Some(&first.cluster_addr)).await;
+    ready(&second).await;
+    settled(&first, 2).await;
+    let entry = [first.url(""), second.url("")];
+    let viewers: Vec<String> = (0..200).map(|_| user()).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load: Vec<_> = (0..8)
+        .map(|worker| {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            let viewers = viewers.clone();
+            let entry = entry.clone();
+            let client = reqwest::Client::new();
+            tokio::spawn(async move {
+                let mut i = worker;
+                while !stop.load(Ordering::Relaxed) {
+                    let viewer = &viewers[i % viewers.len()];
+                    let token = super::helpers::unsigned_token(viewer);
+                    let answer = client
+                        .put(format!("{}/v1/streams/tv", entry[i % 2]))
+                        .header("authorization", format!("Bearer {token}"))
+                        .json(&json!({ "streamId": "film" }))
+                        .send()
+                        .await;
+                    match answer {
+                        Ok(r) if r.status() == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                        _ => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                    i += 8;
+                }
+            })
+        })
+        .collect();
+    eventually("load running", || async {
+        (ok.load(Ordering::Relaxed) > 400).then_some(())
+    })
+    .await;
+    let third = node(3, Some(&first.cluster_addr)).await;
+    ready(&third).await;
+    let s = settled(&first, 3).await;
+    let before = ok.load(Ordering::Relaxed);
+    eventually("load after the join", || async {
+        (ok.load(Ordering::Relaxed) > before + 400).then_some(())
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed during the join"
+    );
+    assert_eq!(shard_counts(&s), [341, 341, 342]);
+    assert!(third.metric("playstate_cluster_shards_owned").await >= 341.0);
+    // Every viewer still holds exactly the one slot, on whichever node owns them now.
+    for v in viewers.iter().take(50) {
+        assert_eq!(sessions(&third, v).await, ["tv"]);
+    }
+}
