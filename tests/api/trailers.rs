@@ -491,3 +491,50 @@ async fn stale_entries_are_refreshed_from_tmdb() {
             >= 1.0
     );
 }
+
+#[tokio::test]
+async fn a_trailer_onboarded_through_one_node_is_served_by_every_node() {
+    let (aws, upstreams) = (
+        AwsFixture::new(&endpoint()).await,
+        FakeUpstreams::start().await,
+    );
+    upstreams.content("arrival-2016", Some(IMDB)).await;
+    upstreams.tmdb_match().await;
+    upstreams.videos(&["KEY1"]).await;
+    let secret = [("PLAYSTATE_CLUSTER__SECRET", "trailer-test")];
+    let id = |n: u64| vec!["--node-id".to_owned(), n.to_string()];
+    // Only node 1 consumes the queue; the others have no TMDB token and their own,
+    // empty, embedded stores.
+    let onboarding =
+        TestNode::spawn_with(&node_config(&aws, &upstreams, ""), &id(1), &secret).await;
+    eventually("node 1 ready", || async {
+        (onboarding.get("/ready").await.status() == 200).then_some(())
+    })
+    .await;
+    let join = |n: u64| {
+        let mut args = id(n);
+        args.extend(["--join".to_owned(), onboarding.cluster_addr.clone()]);
+        args
+    };
+    let reading = format!(
+        "[trailers]\ncontent_url_prefix = \"{}\"\n",
+        upstreams.prefix()
+    );
+    let reader = TestNode::spawn_with(&reading, &join(2), &secret).await;
+    let url = upstreams.content_url("arrival-2016");
+    assert_eq!(publish(&onboarding, &url).await.status(), 200);
+    assert_eq!(wait_for_trailers(&reader, &url).await, links(&["KEY1"]));
+    // A node that joins afterwards gets the entry from the log (or a snapshot).
+    let late = TestNode::spawn_with(&reading, &join(3), &secret).await;
+    assert_eq!(wait_for_trailers(&late, &url).await, links(&["KEY1"]));
+    for node in [&reader, &late] {
+        assert_eq!(node.metric("playstate_trailer_cache_entries").await, 1.0);
+        assert!(
+            node.metric("playstate_trailer_lookups_total{result=\"hit\"}")
+                .await
+                >= 1.0
+        );
+        assert_eq!(node.metric("playstate_store_reads_total").await, 0.0);
+    }
+    assert_eq!(upstreams.calls_to(&format!("/3/find/{IMDB}")).await, 1);
+}
