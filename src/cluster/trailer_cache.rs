@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::node::Cluster;
 use super::types::Request;
 use crate::domain::{Timestamp, TrailerEntry};
-use crate::trailers::{CacheError, TrailerCache};
+use crate::trailers::{CacheError, TrailerCache, oldest_before};
 
 pub struct ReplicatedTrailerCache {
     cluster: Cluster,
@@ -37,17 +37,7 @@ impl TrailerCache for ReplicatedTrailerCache {
     }
 
     fn older_than(&self, before: Timestamp, limit: usize) -> Vec<TrailerEntry> {
-        let mut stale: Vec<TrailerEntry> = self
-            .cluster
-            .replica()
-            .trailers
-            .iter()
-            .filter(|e| e.updated_at < before)
-            .map(|e| TrailerEntry::clone(&e))
-            .collect();
-        stale.sort_by_key(|e| e.updated_at);
-        stale.truncate(limit);
-        stale
+        oldest_before(&self.cluster.replica().trailers, before, limit)
     }
 
     fn len(&self) -> usize {

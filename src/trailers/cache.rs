@@ -5,7 +5,6 @@ use std::sync::Arc;
 use dashmap::DashMap;
 
 use crate::domain::{Timestamp, TrailerEntry};
-use crate::telemetry::Metrics;
 
 /// Written by onboarding and refreshing, read by every trailer route. The cluster backs
 /// it with its replicated state machine; this interface is all the rest of the code sees.
@@ -27,50 +26,20 @@ pub trait TrailerCache: Send + Sync + 'static {
 #[error("the trailer cache cannot take the entry now: {0}")]
 pub struct CacheError(pub String);
 
-/// One node's map.
-pub struct LocalTrailerCache {
-    entries: DashMap<String, Arc<TrailerEntry>>,
-    metrics: Arc<Metrics>,
-}
-
-impl LocalTrailerCache {
-    pub fn new(metrics: Arc<Metrics>) -> LocalTrailerCache {
-        LocalTrailerCache {
-            entries: DashMap::new(),
-            metrics,
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl TrailerCache for LocalTrailerCache {
-    fn get(&self, key: &str) -> Option<Arc<TrailerEntry>> {
-        self.entries.get(key).map(|e| Arc::clone(&e))
-    }
-
-    async fn put(&self, key: String, entry: TrailerEntry) -> Result<(), CacheError> {
-        self.entries.insert(key, Arc::new(entry));
-        self.metrics
-            .trailer_cache_entries
-            .set(self.entries.len() as i64);
-        Ok(())
-    }
-
-    fn older_than(&self, before: Timestamp, limit: usize) -> Vec<TrailerEntry> {
-        let mut stale: Vec<TrailerEntry> = self
-            .entries
-            .iter()
-            .filter(|e| e.updated_at < before)
-            .map(|e| TrailerEntry::clone(&e))
-            .collect();
-        stale.sort_by_key(|e| e.updated_at);
-        stale.truncate(limit);
-        stale
-    }
-
-    fn len(&self) -> usize {
-        self.entries.len()
-    }
+/// Up to `limit` entries of `entries` last updated before `before`, oldest first.
+pub fn oldest_before(
+    entries: &DashMap<String, Arc<TrailerEntry>>,
+    before: Timestamp,
+    limit: usize,
+) -> Vec<TrailerEntry> {
+    let mut stale: Vec<TrailerEntry> = entries
+        .iter()
+        .filter(|e| e.updated_at < before)
+        .map(|e| TrailerEntry::clone(&e))
+        .collect();
+    stale.sort_by_key(|e| e.updated_at);
+    stale.truncate(limit);
+    stale
 }
 
 #[cfg(test)]
@@ -85,20 +54,17 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn finds_the_oldest_stale_entries() {
-        let cache = LocalTrailerCache::new(Arc::new(Metrics::new()));
+    #[test]
+    fn finds_the_oldest_stale_entries() {
+        let entries = DashMap::new();
         for (key, at) in [("a", 30), ("b", 10), ("c", 50)] {
-            cache.put(key.into(), entry(key, at)).await.unwrap();
+            entries.insert(key.to_owned(), Arc::new(entry(key, at)));
         }
-        let stale: Vec<String> = cache
-            .older_than(Timestamp(40), 10)
+        let stale: Vec<String> = oldest_before(&entries, Timestamp(40), 10)
             .into_iter()
             .map(|e| e.url)
             .collect();
         assert_eq!(stale, ["b", "a"]);
-        assert_eq!(cache.older_than(Timestamp(40), 1).len(), 1);
-        assert_eq!(cache.get("c").unwrap().url, "c");
-        assert_eq!(cache.len(), 3);
+        assert_eq!(oldest_before(&entries, Timestamp(40), 1).len(), 1);
     }
 }

@@ -12,6 +12,6 @@ pub mod consumer;
 pub mod refresher;
 pub mod resolve;
 
-pub use cache::{CacheError, LocalTrailerCache, TrailerCache};
+pub use cache::{CacheError, TrailerCache, oldest_before};
 pub use consumer::Onboarding;
 pub use resolve::{ResolveError, Resolver};
