@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# A playstate cluster on this machine, for trying things out: every node on loopback,
+# free ports, its own data dir and log under .cluster/nodeK/, one shared secret.
+#
+#   cluster/local.sh up N      start nodes 1..N (node 1 starts the cluster, the others join)
+#   cluster/local.sh add       start one more node that joins
+#   cluster/local.sh stop K    SIGTERM node K (it drains: its shards go to the others)
+#   cluster/local.sh start K   start node K again on its data dir (it rejoins)
+#   cluster/local.sh leave K   drain node K and remove it from the cluster (it exits)
+#   cluster/local.sh status    `playstate cluster status` through the first live node
+#   cluster/local.sh down      SIGTERM every node and wait for them
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DIR=.cluster
+# LOCAL_CLUSTER_BIN picks another build (e.g. target/debug/playstate).
+BIN=${LOCAL_CLUSTER_BIN:-target/release/playstate}
+
+die() { echo "local.sh: $*" >&2; exit 1; }
+
+build() {
+  [ -x "$BIN" ] || cargo build --release --locked
+}
+
+secret() {
+  mkdir -p "$DIR"
+  [ -s "$DIR/secret" ] || head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$DIR/secret"
+  cat "$DIR/secret"
+}
+
+alive() { [ -f "$DIR/node$1/pid" ] && kill -0 "$(cat "$DIR/node$1/pid")" 2>/dev/null; }
+
+nodes() { for d in "$DIR"/node*; do [ -d "$d" ] && basename "$d" | sed 's/node//'; done | sort -n; }
+
+first_live() {
+  for k in $(nodes); do
+    if alive "$k"; then echo "$k"; return; fi
+  done
+  die "no node is running"
+}
+
+# Starts node K; with JOIN, through that cluster address. Waits for /ready.
+start_node() {
+  local k=$1 join=${2:-} node="$DIR/node$1"
+  alive "$k" && die "node $k is already running"
+  mkdir -p "$node"
+  local args=(--node-id "$k" --listen 127.0.0.1:0 --cluster-listen 127.0.0.1:0 --data-dir "$node/data")
+  [ -n "$join" ] && args+=(--join "$join")
+  : >"$node/log"
+  PLAYSTATE_CLUSTER__SECRET=$(secret) nohup "$BIN" "${args[@]}" >>"$node/log" 2>&1 &
+  echo $! >"$node/pid"
+  local line=""
+  for _ in $(seq 1 300); do
+    line=$(grep -m1 '"message":"listening"' "$node/log" || true)
+    [ -n "$line" ] && break
+    alive "$k" || { tail -5 "$node/log"; die "node $k exited"; }
+    sleep 0.1
+  done
+  [ -n "$line" ] || die "node $k did not start"
+  sed -E 's/.*"addr":"([^"]+)".*/\1/' <<<"$line" >"$node/addr"
+  sed -E 's/.*"cluster_addr":"([^"]+)".*/\1/' <<<"$line" >"$node/cluster_addr"
+  for _ in $(seq 1 600); do
+    if curl -fsS -o /dev/null "http://$(cat "$node/addr")/ready" 2>/dev/null; then
+      echo "node $k ready: players http://$(cat "$node/addr"), cluster $(cat "$node/cluster_addr")"
+      return
+    fi
+    alive "$k" || { tail -5 "$node/log"; die "node $k exited"; }
+    sleep 0.1
+  done
+  die "node $k not ready after 60 s (see $node/log)"
+}
+
+stop_node() {
+  local k=$1
+  alive "$k" || return 0
+  local pid; pid=$(cat "$DIR/node$k/pid")
+  kill -TERM "$pid"
+  for _ in $(seq 1 1200); do kill -0 "$pid" 2>/dev/null || { echo "node $k stopped"; return; }; sleep 0.1; done
+  die "node $k still running after 120 s"
+}
+
+cmd=${1:-}
+case "$cmd" in
+  up)
+    n=${2:-3}
+    build
+    start_node 1
+    for k in $(seq 2 "$n"); do start_node "$k" "$(cat "$DIR/node1/cluster_addr")"; done
+    ;;
+  add)
+    build
+    last=$(nodes | tail -1)
+    via=$(first_live)
+    start_node $((last + 1)) "$(cat "$DIR/node$via/cluster_addr")"
+    ;;
+  start) start_node "${2:?node number}" ;;
+  stop) stop_node "${2:?node number}" ;;
+  leave)
+    via=$(first_live)
+    PLAYSTATE_CLUSTER__SECRET=$(secret) "$BIN" cluster leave --node-id "${2:?node number}" \
+      --cluster-addr "$(cat "$DIR/node$via/cluster_addr")"
+    ;;
+  status)
+    via=$(first_live)
+    PLAYSTATE_CLUSTER__SECRET=$(secret) "$BIN" cluster status \
+      --cluster-addr "$(cat "$DIR/node$via/cluster_addr")" "${@:2}"
+    ;;
+  down) for k in $(nodes | sort -rn); do stop_node "$k"; done ;;
+  *) sed -n '2,12p' "$0"; exit 2 ;;
+esac
