@@ -79,9 +79,10 @@ pub struct Common {
     #[arg(long, default_value = "lt", value_parser = parse_prefix)]
     pub id_prefix: String,
 
-    /// PID of the server process: report its peak RSS and CPU time during the run.
+    /// PID of a server process: report its peak RSS and CPU time during the run. Give it
+    /// once per node of a cluster.
     #[arg(long, value_name = "PID")]
-    pub server_pid: Option<u32>,
+    pub server_pid: Vec<u32>,
 
     /// Write the summary as JSON to this file.
     #[arg(long, value_name = "FILE")]

@@ -78,12 +78,15 @@ pub fn run(cli: Cli) -> anyhow::Result<Summary> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     let threads = common.threads.unwrap_or(cpus).min(common.connections) as usize;
 
-    let mut server = match common.server_pid {
-        Some(pid) => Some(Sampler::start(Proc::pid(pid)).with_context(|| {
-            format!("--server-pid {pid}: cannot read /proc/{pid}/status and /proc/{pid}/stat")
-        })?),
-        None => None,
-    };
+    let mut servers = common
+        .server_pid
+        .iter()
+        .map(|&pid| {
+            Sampler::start(Proc::pid(pid)).with_context(|| {
+                format!("--server-pid {pid}: cannot read /proc/{pid}/status and /proc/{pid}/stat")
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut loadgen = Sampler::start(Proc::this());
 
     let scenario_name = match &cli.scenario {
@@ -107,7 +110,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Summary> {
         (Scenario::Players(_), None) => unreachable!("players are prepared above"),
     };
 
-    let mut samplers: Vec<&mut Sampler> = server.iter_mut().chain(loadgen.iter_mut()).collect();
+    let mut samplers: Vec<&mut Sampler> = servers.iter_mut().chain(loadgen.iter_mut()).collect();
     let watched = monitor::watch(
         started.handles,
         &ctl,
@@ -131,8 +134,15 @@ pub fn run(cli: Cli) -> anyhow::Result<Summary> {
             elapsed: end.saturating_duration_since(ctl.start),
             stopped_by: ctl.stopped_by(),
             open_loop: started.open_loop,
-            server_pid: common.server_pid,
-            server: server.as_ref().map(Sampler::usage),
+            servers: common
+                .server_pid
+                .iter()
+                .zip(&servers)
+                .map(|(pid, sampler)| report::ServerUsage {
+                    pid: *pid,
+                    usage: sampler.usage(),
+                })
+                .collect(),
             loadgen: loadgen.as_ref().map(Sampler::usage),
         },
         &merged,

@@ -36,10 +36,28 @@ pub struct Summary {
     pub errors: BTreeMap<String, u64>,
     pub transport_errors: u64,
     pub open_loop: Option<OpenLoop>,
-    pub server_pid: Option<u32>,
-    pub server: Option<Usage>,
+    /// Each server process watched (`--server-pid`, once per node).
+    pub servers: Vec<ServerUsage>,
+    /// CPU-seconds of all watched servers per 1,000 responses: what a request costs the
+    /// nodes, comparable between one node and a cluster.
+    pub server_cpu_seconds_per_1000: Option<f64>,
     /// This load generator's own CPU and memory (it shares the machine with the server).
     pub loadgen: Option<Usage>,
+}
+
+#[derive(Serialize, Debug, Clone)]
+pub struct ServerUsage {
+    pub pid: u32,
+    pub usage: Usage,
+}
+
+/// CPU-seconds of `servers` per 1,000 responses, when both are known.
+pub fn cpu_per_1000(servers: &[ServerUsage], responses: u64) -> Option<f64> {
+    if servers.is_empty() || responses == 0 {
+        return None;
+    }
+    let cpu: f64 = servers.iter().map(|s| s.usage.cpu_seconds).sum();
+    Some(cpu * 1000.0 / responses as f64)
 }
 
 #[derive(Serialize, Debug)]
@@ -106,8 +124,7 @@ pub struct RunInfo {
     pub stopped_by: &'static str,
     /// Open loop: nominal rate and late threshold.
     pub open_loop: Option<(f64, Duration)>,
-    pub server_pid: Option<u32>,
-    pub server: Option<Usage>,
+    pub servers: Vec<ServerUsage>,
     pub loadgen: Option<Usage>,
 }
 
@@ -201,8 +218,8 @@ pub fn summarize(info: RunInfo, stats: &ShardStats) -> Summary {
         errors,
         transport_errors,
         open_loop,
-        server_pid: info.server_pid,
-        server: info.server,
+        server_cpu_seconds_per_1000: cpu_per_1000(&info.servers, responses),
+        servers: info.servers,
         loadgen: info.loadgen,
     }
 }
@@ -338,14 +355,20 @@ pub fn render(s: &Summary) -> String {
         );
     }
     let _ = writeln!(out);
-    match (&s.server_pid, &s.server) {
-        (Some(pid), Some(u)) => {
-            let _ = writeln!(out, "server (pid {pid}): {}", usage_line(u));
-        }
-        (Some(pid), None) => {
-            let _ = writeln!(out, "server (pid {pid}): could not be read");
-        }
-        _ => {}
+    for server in &s.servers {
+        let _ = writeln!(
+            out,
+            "server (pid {}): {}",
+            server.pid,
+            usage_line(&server.usage)
+        );
+    }
+    if s.servers.len() > 1 {
+        let cpu: f64 = s.servers.iter().map(|u| u.usage.cpu_seconds).sum();
+        let _ = writeln!(out, "servers in all: CPU {cpu:.2} s");
+    }
+    if let Some(per) = s.server_cpu_seconds_per_1000 {
+        let _ = writeln!(out, "server CPU per 1,000 responses: {per:.3} s");
     }
     if let Some(u) = &s.loadgen {
         let _ = writeln!(out, "load generator: {}", usage_line(u));
@@ -370,10 +393,34 @@ mod tests {
             elapsed: Duration::from_secs(10),
             stopped_by: "duration",
             open_loop,
-            server_pid: None,
-            server: None,
+            servers: Vec::new(),
             loadgen: None,
         }
+    }
+
+    #[test]
+    fn cpu_per_1000_responses_adds_every_node() {
+        let usage = |cpu: f64| Usage {
+            peak_rss_kib: 1,
+            start_rss_kib: 1,
+            end_rss_kib: 1,
+            hwm_kib: 1,
+            cpu_seconds: cpu,
+            cpu_cores: 0.0,
+            samples: 2,
+            exited: false,
+        };
+        let servers: Vec<ServerUsage> = [1.5, 0.5, 2.0]
+            .iter()
+            .enumerate()
+            .map(|(i, cpu)| ServerUsage {
+                pid: i as u32,
+                usage: usage(*cpu),
+            })
+            .collect();
+        assert_eq!(cpu_per_1000(&servers, 8_000), Some(0.5));
+        assert_eq!(cpu_per_1000(&servers, 0), None);
+        assert_eq!(cpu_per_1000(&[], 10), None);
     }
 
     fn shard(late_every: u64, unsent: u64) -> ShardStats {
