@@ -12,7 +12,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DIR=.cluster
+# CLUSTER_DIR keeps another cluster apart (e.g. for scripts/perf-cluster.sh).
+DIR=${CLUSTER_DIR:-.cluster}
 # LOCAL_CLUSTER_BIN picks another build (e.g. target/debug/playstate).
 BIN=${LOCAL_CLUSTER_BIN:-target/release/playstate}
 

@@ -43,7 +43,12 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "tests"
 if cargo nextest --version >/dev/null 2>&1; then
   # nextest runs each test in its own process and kills hung ones (.config/nextest.toml).
-  cargo nextest run --workspace --locked --no-fail-fast "$@"
+  run_tests() { cargo nextest run --locked --no-fail-fast "$@"; }
 else
-  cargo test --workspace --locked --no-fail-fast "$@"
+  run_tests() { cargo test --locked --no-fail-fast "$@"; }
 fi
+run_tests --workspace "$@"
+
+step "contract tests through a node that owns none of the users (every command forwarded)"
+# Each TestNode becomes an owner plus a drained entry node; see tests/api/helpers.rs.
+TEST_THROUGH_PEER=1 run_tests --test api "$@" -- streams:: library::

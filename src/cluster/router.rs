@@ -154,10 +154,12 @@ impl Router {
         if let Some(shards) = table.is_assigned().then_some(table.owners.len() as u32)
             && shards != self.shards
         {
-            tracing::warn!(
+            // Users would hash into other shards than the cluster's: refuse to guess.
+            tracing::error!(
                 configured = self.shards,
                 cluster = shards,
-                "cluster.shards differs from the cluster's shard table; the table wins"
+                "cluster.shards differs from the cluster's shard table: set it to the \
+                 cluster's; requests for shards this node cannot place get 503"
             );
         }
         self.table.store(Arc::new(table));
@@ -170,23 +172,12 @@ impl Router {
     }
 
     pub fn shard_of(&self, user: &UserId) -> ShardId {
-        let table = self.table.load();
-        let shards = if table.is_assigned() {
-            table.owners.len() as u32
-        } else {
-            self.shards
-        };
-        shard_of(user.as_str(), shards)
+        shard_of(user.as_str(), self.shards)
     }
 
     pub fn route(&self, user: &UserId) -> Destination {
         let table = self.table.load();
-        let shards = if table.is_assigned() {
-            table.owners.len() as u32
-        } else {
-            self.shards
-        };
-        let shard = shard_of(user.as_str(), shards);
+        let shard = self.shard_of(user);
         match table.owner(shard) {
             None => Destination::Unassigned { shard },
             Some(owner) if owner.node == self.local => Destination::Local {

@@ -51,6 +51,21 @@ fn status(node: &TestNode) -> Value {
     serde_json::from_slice(&output.stdout).expect("status is JSON")
 }
 
+/// `playstate cluster leave --node-id node` through `via`; asserts it succeeded.
+fn leave(via: &TestNode, node: u64) {
+    let output = Command::new(env!("CARGO_BIN_EXE_playstate"))
+        .args(["cluster", "leave", "--node-id", &node.to_string()])
+        .args(["--cluster-addr", &via.cluster_addr])
+        .env("PLAYSTATE_CLUSTER__SECRET", SECRET)
+        .output()
+        .expect("run playstate cluster leave");
+    assert!(
+        output.status.success(),
+        "leave failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 fn shard_counts(status: &Value) -> Vec<u64> {
     let mut counts: Vec<u64> = status["shards"]
         .as_object()
@@ -366,23 +381,7 @@ async fn drain_restart_and_leave_lose_no_slot() {
     nodes.insert(1, second);
     assert_slots(&nodes[0], &viewers).await;
     // Node 3 leaves for good: drained, removed, and it exits by itself.
-    let leave = Command::new(env!("CARGO_BIN_EXE_playstate"))
-        .args([
-            "cluster",
-            "leave",
-            "--node-id",
-            "3",
-            "--cluster-addr",
-            &nodes[0].cluster_addr,
-        ])
-        .env("PLAYSTATE_CLUSTER__SECRET", SECRET)
-        .output()
-        .unwrap();
-    assert!(
-        leave.status.success(),
-        "{}",
-        String::from_utf8_lossy(&leave.stderr)
-    );
+    leave(&nodes[0], 3);
     let mut third = nodes.remove(2);
     third.wait_for_exit(Duration::from_secs(30));
     let s = settled(&nodes[0], 2).await;
@@ -401,17 +400,7 @@ async fn the_leader_can_leave() {
     assert_eq!(heartbeat(&nodes[0], &viewer, "a").await, 200);
     assert_eq!(heartbeat(&nodes[1], &viewer, "b").await, 200);
     let leader = status(&nodes[0])["leader"].as_u64().unwrap();
-    let leave = Command::new(env!("CARGO_BIN_EXE_playstate"))
-        .args(["cluster", "leave", "--node-id", &leader.to_string()])
-        .args(["--cluster-addr", &nodes[0].cluster_addr])
-        .env("PLAYSTATE_CLUSTER__SECRET", SECRET)
-        .output()
-        .unwrap();
-    assert!(
-        leave.status.success(),
-        "{}",
-        String::from_utf8_lossy(&leave.stderr)
-    );
+    leave(&nodes[0], leader);
     let mut old = nodes.remove(leader as usize - 1);
     old.wait_for_exit(Duration::from_secs(30));
     let s = eventually("a new leader", || async {

@@ -27,13 +27,84 @@ pub struct TestNode {
     pub data_dir: PathBuf,
     config_file: PathBuf,
     logs: Arc<Mutex<Vec<String>>>,
+    /// With `TEST_THROUGH_PEER` set: the node that owns every shard, behind this one.
+    owner: Option<Box<TestNode>>,
     _dir: Option<tempfile::TempDir>,
+}
+
+/// `TEST_THROUGH_PEER=1`: every `TestNode::spawn` is a two-node cluster, and the test
+/// talks to the node that owns no shard, so every command is forwarded to the other.
+fn through_peer() -> bool {
+    std::env::var_os("TEST_THROUGH_PEER").is_some()
 }
 
 impl TestNode {
     /// A node with the compiled-in defaults plus `config` (TOML).
     pub async fn spawn(config: &str) -> TestNode {
+        if through_peer() {
+            return TestNode::spawn_behind_entry(config).await;
+        }
         TestNode::spawn_with(config, &[], &[]).await
+    }
+
+    /// An owner of every shard, and the node returned, joined to it and then drained so
+    /// that it owns none: whatever the test asks of it is forwarded.
+    async fn spawn_behind_entry(config: &str) -> TestNode {
+        let owner = TestNode::spawn_with(config, &["--node-id".into(), "1".into()], &[]).await;
+        owner.wait_ready().await;
+        let args = ["--node-id", "2", "--join", &owner.cluster_addr].map(String::from);
+        let mut entry = TestNode::spawn_with(config, &args, &[]).await;
+        entry.forget_arg("--join");
+        entry.drain_into(owner).await
+    }
+
+    /// Waits until the node is a member with a leader; asks the cluster listener, so that
+    /// the player listener's metrics count no 503 from `/ready`.
+    async fn wait_ready(&self) {
+        eventually("the node to join its cluster", || async {
+            let status: Value = self
+                .client
+                .get(format!("http://{}/cluster/admin/status", self.cluster_addr))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            let me = status["node_id"].clone();
+            let member = status["members"].as_array()?.iter().any(|m| m["id"] == me);
+            (member && !status["leader"].is_null()).then_some(())
+        })
+        .await;
+    }
+
+    /// Drains this node (node 2) so that `owner` (node 1) owns every shard, and keeps it.
+    async fn drain_into(mut self, owner: TestNode) -> TestNode {
+        self.wait_ready().await;
+        let drained = self
+            .client
+            .post(format!("http://{}/cluster/admin/drain", owner.cluster_addr))
+            .json(&serde_json::json!({ "node_id": 2 }))
+            .send()
+            .await
+            .expect("drain the entry node");
+        assert_eq!(drained.status(), 200, "draining the entry node");
+        eventually("the owner to own every shard", || async {
+            let owned = owner.metric("playstate_cluster_shards_owned").await;
+            let entry = self.metric("playstate_cluster_shards_owned").await;
+            (owned == 1024.0 && entry == 0.0).then_some(())
+        })
+        .await;
+        self.owner = Some(Box::new(owner));
+        self
+    }
+
+    /// Where this node's users' data lives: its own data dir, or the owner's.
+    pub fn store_dir(&self) -> &Path {
+        match &self.owner {
+            Some(owner) => &owner.data_dir,
+            None => &self.data_dir,
+        }
     }
 
     /// A node with extra arguments (e.g. `--node-id`, `--join`) and environment.
@@ -58,8 +129,10 @@ impl TestNode {
         env: &[(String, String)],
     ) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_playstate"));
+        if !args.iter().any(|a| a == "--listen") {
+            command.args(["--listen", "127.0.0.1:0", "--cluster-listen", "127.0.0.1:0"]);
+        }
         command
-            .args(["--listen", "127.0.0.1:0", "--cluster-listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--config")
@@ -118,6 +191,7 @@ impl TestNode {
             data_dir: data_dir.to_path_buf(),
             config_file: config_file.to_path_buf(),
             logs,
+            owner: None,
             _dir: None,
         }
     }
@@ -125,16 +199,34 @@ impl TestNode {
     /// SIGTERM, wait for a clean exit (asserted), and start again on the same data.
     pub async fn restart(mut self) -> TestNode {
         self.stop();
-        self.start_again().await
+        match self.owner.take() {
+            // Both restart: the owner alone has no Raft majority until the entry is back.
+            Some(owner) => {
+                let owner = Box::pin((*owner).restart()).await;
+                let entry = self.start_again().await;
+                entry.drain_into(owner).await
+            }
+            None => self.start_again().await,
+        }
     }
 
     /// Starts a stopped node again on its data dir, with the same arguments (less those
     /// `drop_args` names, e.g. `--join`, with their values).
     pub async fn start_again(mut self) -> TestNode {
         assert!(self.child.is_none(), "the node is still running");
-        let args = self.args.clone();
+        // The same ports: the other members know this node by them (a whole cluster
+        // restarted on new ports could not find itself again).
+        let player = self.addr.trim_start_matches("http://").to_owned();
+        let mut args = vec![
+            "--listen".to_owned(),
+            player,
+            "--cluster-listen".to_owned(),
+            self.cluster_addr.clone(),
+        ];
+        args.extend(self.args.iter().cloned());
         let env = std::mem::take(&mut self.env);
         let mut next = TestNode::start(&self.data_dir, &self.config_file, args, env).await;
+        next.args = std::mem::take(&mut self.args);
         next._dir = self._dir.take();
         next
     }
@@ -167,7 +259,11 @@ impl TestNode {
 
     /// Waits for the node to exit by itself; panics unless it exits 0 within `deadline`.
     pub fn wait_for_exit(&mut self, deadline: Duration) {
-        let mut child = self.child.take().expect("the node is running");
+        let child = self.child.take().expect("the node is running");
+        self.expect_clean_exit(child, deadline, "exit by itself");
+    }
+
+    fn expect_clean_exit(&self, mut child: Child, deadline: Duration, what: &str) {
         let started = Instant::now();
         loop {
             if let Some(status) = child.try_wait().expect("wait") {
@@ -180,7 +276,7 @@ impl TestNode {
             }
             if started.elapsed() > deadline {
                 let _ = child.kill();
-                panic!("node did not exit by itself; logs:\n{}", self.logs());
+                panic!("node did not {what}; logs:\n{}", self.logs());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -188,26 +284,11 @@ impl TestNode {
 
     /// SIGTERM and wait; panics unless the node exits 0 within the deadline.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
+        let Some(child) = self.child.take() else {
             return;
         };
         signal(child.id(), "-TERM");
-        let started = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                assert!(
-                    status.success(),
-                    "node exited with {status}; logs:\n{}",
-                    self.logs()
-                );
-                return;
-            }
-            if started.elapsed() > Duration::from_secs(40) {
-                let _ = child.kill();
-                panic!("node did not stop after SIGTERM; logs:\n{}", self.logs());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.expect_clean_exit(child, Duration::from_secs(40), "stop after SIGTERM");
     }
 
     pub fn logs(&self) -> String {
@@ -251,7 +332,19 @@ impl TestNode {
             .unwrap_or_else(|e| panic!("GET {path}: not JSON: {e}"))
     }
 
+    /// With an owner behind this node, each series is the sum over both: requests are
+    /// counted where they arrive, user state where it lives.
     pub async fn metrics(&self) -> HashMap<String, f64> {
+        let mut all = self.own_metrics().await;
+        if let Some(owner) = &self.owner {
+            for (series, value) in Box::pin(owner.metrics()).await {
+                *all.entry(series).or_default() += value;
+            }
+        }
+        all
+    }
+
+    async fn own_metrics(&self) -> HashMap<String, f64> {
         let text = self
             .get("/metrics")
             .await
@@ -334,6 +427,9 @@ pub fn raw(
 
 /// Moves a manual clock (`dev.manual_clock = true`) forward.
 pub async fn advance_clock(node: &TestNode, millis: u64) {
+    if let Some(owner) = &node.owner {
+        Box::pin(advance_clock(owner, millis)).await;
+    }
     let response = node
         .client
         .post(node.url("/dev/clock/advance"))

@@ -356,7 +356,7 @@ async fn events_go_to_the_file_sink_by_default() {
     for m in [Method::PUT, Method::PUT, Method::DELETE, Method::DELETE] {
         assert_eq!(call(m).await.unwrap().status(), 200);
     }
-    let file = node.data_dir.join("events.jsonl");
+    let file = node.store_dir().join("events.jsonl");
     // Delivery is in order, so once the removal is there, so is anything before it.
     let events = eventually("the removal in the events file", || {
         let file = file.clone();

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Reproduces README "Performance" › "Cluster": heartbeat throughput and node CPU per
+# request through 3 nodes against 1, and a join and a drain under a `players` load.
+# Release builds; every node and the load generator share this machine. Reports land in
+# ${OUT:-target/perf-cluster}.
+#
+#   scripts/perf-cluster.sh              # everything (about 5 minutes)
+#   scripts/perf-cluster.sh heartbeat    # one part: heartbeat | join | drain
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OUT=${OUT:-target/perf-cluster}
+mkdir -p "$OUT"
+export CLUSTER_DIR="$OUT/cluster"
+cargo build --release --locked -p playstate -p loadtest --bins >&2
+BIN=target/release
+LOCAL=cluster/local.sh
+
+trap '$LOCAL down >/dev/null 2>&1 || true' EXIT
+
+fresh() {
+  $LOCAL down >/dev/null 2>&1 || true
+  rm -rf "$CLUSTER_DIR"
+  $LOCAL up "$1" >&2
+}
+targets() { for d in "$CLUSTER_DIR"/node*; do [ -f "$d/pid" ] && kill -0 "$(cat "$d/pid")" 2>/dev/null && printf -- '--target http://%s ' "$(cat "$d/addr")"; done; }
+pids() { for d in "$CLUSTER_DIR"/node*; do [ -f "$d/pid" ] && kill -0 "$(cat "$d/pid")" 2>/dev/null && printf -- '--server-pid %s ' "$(cat "$d/pid")"; done; }
+metric_sum() {
+  local name=$1 total=0
+  for d in "$CLUSTER_DIR"/node*; do
+    [ -f "$d/addr" ] || continue
+    v=$(curl -s "http://$(cat "$d/addr")/metrics" 2>/dev/null | awk -v n="$name" '$1 == n { print $2 }')
+    total=$(python3 -c "print($total + ${v:-0})")
+  done
+  echo "$total"
+}
+load() {
+  local label=$1 scenario=$2
+  shift 2
+  echo "== $label" | tee "$OUT/$label.txt"
+  # shellcheck disable=SC2046
+  "$BIN/loadtest" "$scenario" --quiet $(targets) $(pids) --json "$OUT/$label.json" "$@" \
+    | tee -a "$OUT/$label.txt"
+}
+
+heartbeat() {
+  for n in 1 3; do
+    fresh "$n"
+    load "heartbeat-$n-nodes" heartbeat --users 100000 --connections 32 --duration 20s
+  done
+}
+
+# A players load on the running nodes for 70 s; `change` happens 20 s in.
+under_players_load() {
+  local label=$1 change=$2
+  load "$label" players --viewers 5000 --connections 64 --duration 70s &
+  local loader=$!
+  sleep 20
+  local started; started=$(date +%s.%N)
+  eval "$change" >&2
+  local took; took=$(python3 -c "import time; print(round(time.time() - $started, 2))")
+  wait "$loader"
+  {
+    echo "change: $change, done in ${took} s (including waiting for a settled table)"
+    echo "shards moved (sum over nodes): $(metric_sum playstate_handoff_shards_moved_total)"
+    echo "requests that waited for a handoff: $(metric_sum playstate_handoff_waited_requests_total)"
+    echo "forwarded commands by outcome: ok $(metric_sum 'playstate_forwarded_commands_total{outcome="ok"}'), moved $(metric_sum 'playstate_forwarded_commands_total{outcome="moved"}'), unavailable $(metric_sum 'playstate_forwarded_commands_total{outcome="unavailable"}'), error $(metric_sum 'playstate_forwarded_commands_total{outcome="error"}')"
+    grep -h '"shards handed over"' "$CLUSTER_DIR"/node*/log | sed -E 's/.*"shards":([0-9]+).*"elapsed_ms":([0-9]+).*/  batch: \1 shards in \2 ms/' | sort | uniq -c | sort -rn | head -5
+    $LOCAL status
+  } | tee -a "$OUT/$label.txt"
+}
+
+settled() {
+  for _ in $(seq 1 600); do
+    $LOCAL status --json | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+counts = [s["shards"].get(str(m["id"]), 0) for m in s["members"]]
+ok = not s["handoffs"] and all(m["state"] == "active" for m in s["members"]) and max(counts) - min(counts) <= 1
+sys.exit(0 if ok else 1)' && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+join() {
+  fresh 2
+  under_players_load join-2-to-3 "$LOCAL add && settled"
+}
+
+drain() {
+  fresh 3
+  under_players_load drain-and-restart "$LOCAL stop 2 && $LOCAL start 2 && settled"
+}
+
+parts=("$@")
+[ ${#parts[@]} -gt 0 ] || parts=(heartbeat join drain)
+for part in "${parts[@]}"; do "$part"; done
+echo "reports in $OUT" >&2
