@@ -23,7 +23,9 @@ fresh() {
   rm -rf "$CLUSTER_DIR"
   $LOCAL up "$1" >&2
 }
-targets() { for d in "$CLUSTER_DIR"/node*; do [ -f "$d/pid" ] && kill -0 "$(cat "$d/pid")" 2>/dev/null && printf -- '--target http://%s ' "$(cat "$d/addr")"; done; }
+# --target for every live node but ${SPARE:-none}: players are not sent to a node that is
+# about to stop, as a load balancer would take it out first.
+targets() { for d in "$CLUSTER_DIR"/node*; do [ "$d" = "$CLUSTER_DIR/node${SPARE:-}" ] && continue; [ -f "$d/pid" ] && kill -0 "$(cat "$d/pid")" 2>/dev/null && printf -- '--target http://%s ' "$(cat "$d/addr")"; done; }
 pids() { for d in "$CLUSTER_DIR"/node*; do [ -f "$d/pid" ] && kill -0 "$(cat "$d/pid")" 2>/dev/null && printf -- '--server-pid %s ' "$(cat "$d/pid")"; done; }
 metric_sum() {
   local name=$1 total=0
@@ -90,7 +92,7 @@ join() {
 
 drain() {
   fresh 3
-  under_players_load drain-and-restart "$LOCAL stop 2 && $LOCAL start 2 && settled"
+  SPARE=2 under_players_load drain-and-restart "$LOCAL stop 2 && $LOCAL start 2 && settled"
 }
 
 parts=("$@")
