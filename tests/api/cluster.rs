@@ -417,6 +417,119 @@ async fn the_leader_can_leave() {
     }
 }
 
+/// Players heart-beating and reporting progress through `entries` (round-robin) until
+/// stopped, counting every answer that is not 200.
+struct PlayerLoad {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    viewers: Vec<String>,
+    /// The asset every viewer reports progress on.
+    asset: String,
+    /// The last progress each viewer had acknowledged (one worker serves each viewer, in
+    /// order, so this is what the viewer must read back).
+    acked: Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
+}
+
+impl PlayerLoad {
+    fn start(entries: Vec<String>, viewers: usize) -> PlayerLoad {
+        let viewers: Vec<String> = (0..viewers).map(|_| user()).collect();
+        let asset = super::helpers::asset();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let acked = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+        let tasks = (0..8)
+            .map(|worker| {
+                let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+                let acked = acked.clone();
+                let (viewers, entries, asset) = (viewers.clone(), entries.clone(), asset.clone());
+                let client = reqwest::Client::new();
+                tokio::spawn(async move {
+                    let mut i = worker;
+                    while !stop.load(Ordering::Relaxed) {
+                        let viewer = &viewers[i % viewers.len()];
+                        let entry = &entries[i % entries.len()];
+                        let token = super::helpers::unsigned_token(viewer);
+                        // Every viewer heartbeats in even rounds, reports progress in odd.
+                        let progress = ((i / viewers.len()) % 2 == 1).then_some(i as u64);
+                        let request = match progress {
+                            None => client
+                                .put(format!("{entry}/v1/streams/tv"))
+                                .json(&json!({ "streamId": "film" })),
+                            Some(seconds) => client
+                                .put(format!("{entry}/v1/progress/{asset}"))
+                                .json(&json!({ "progress": seconds })),
+                        };
+                        let answer = request
+                            .header("authorization", format!("Bearer {token}"))
+                            .send()
+                            .await;
+                        match answer {
+                            Ok(r) if r.status() == 200 => {
+                                if let Some(seconds) = progress {
+                                    acked.lock().unwrap().insert(viewer.clone(), seconds);
+                                }
+                                ok.fetch_add(1, Ordering::Relaxed)
+                            }
+                            _ => failed.fetch_add(1, Ordering::Relaxed),
+                        };
+                        i += 8;
+                    }
+                })
+            })
+            .collect();
+        PlayerLoad {
+            stop,
+            ok,
+            failed,
+            tasks,
+            viewers,
+            asset,
+            acked,
+        }
+    }
+
+    /// Waits until `more` requests have succeeded since the call.
+    async fn runs_for(&self, more: u64) {
+        let from = self.ok.load(Ordering::Relaxed);
+        eventually("the load to go on", || async {
+            (self.ok.load(Ordering::Relaxed) >= from + more).then_some(())
+        })
+        .await;
+    }
+
+    /// Stops the load; returns the number of failed requests, and the progress each
+    /// viewer had acknowledged last.
+    async fn stop(self) -> (u64, std::collections::HashMap<String, u64>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+        let acked = self.acked.lock().unwrap().clone();
+        (self.failed.load(Ordering::Relaxed), acked)
+    }
+}
+
+/// Every sampled viewer holds its slot and reads back the progress it had acknowledged.
+async fn assert_nothing_lost(
+    entry: &TestNode,
+    viewers: &[String],
+    asset: &str,
+    acked: &std::collections::HashMap<String, u64>,
+) {
+    let mut checked = 0;
+    for v in viewers.iter().take(40) {
+        assert_eq!(sessions(entry, v).await, ["tv"], "slots of {v}");
+        if let Some(seconds) = acked.get(v) {
+            let read = entry.get_json(&format!("/v1/progress/{asset}"), v).await;
+            assert_eq!(read["progress"], json!(seconds), "progress of {v}");
+            checked += 1;
+        }
+    }
+    assert!(checked > 10, "too few viewers reported progress: {checked}");
+}
+
 #[tokio::test]
 async fn a_join_under_load_fails_no_request() {
     let first = node(1, None).await;
@@ -424,61 +537,44 @@ async fn a_join_under_load_fails_no_request() {
     let second = node(2, Some(&first.cluster_addr)).await;
     ready(&second).await;
     settled(&first, 2).await;
-    let entry = [first.url(""), second.url("")];
-    let viewers: Vec<String> = (0..200).map(|_| user()).collect();
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let load: Vec<_> = (0..8)
-        .map(|worker| {
-            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-            let viewers = viewers.clone();
-            let entry = entry.clone();
-            let client = reqwest::Client::new();
-            tokio::spawn(async move {
-                let mut i = worker;
-                while !stop.load(Ordering::Relaxed) {
-                    let viewer = &viewers[i % viewers.len()];
-                    let token = super::helpers::unsigned_token(viewer);
-                    let answer = client
-                        .put(format!("{}/v1/streams/tv", entry[i % 2]))
-                        .header("authorization", format!("Bearer {token}"))
-                        .json(&json!({ "streamId": "film" }))
-                        .send()
-                        .await;
-                    match answer {
-                        Ok(r) if r.status() == 200 => ok.fetch_add(1, Ordering::Relaxed),
-                        _ => failed.fetch_add(1, Ordering::Relaxed),
-                    };
-                    i += 8;
-                }
-            })
-        })
-        .collect();
-    eventually("load running", || async {
-        (ok.load(Ordering::Relaxed) > 400).then_some(())
-    })
-    .await;
+    let load = PlayerLoad::start(vec![first.url(""), second.url("")], 200);
+    load.runs_for(800).await;
     let third = node(3, Some(&first.cluster_addr)).await;
     ready(&third).await;
     let s = settled(&first, 3).await;
-    let before = ok.load(Ordering::Relaxed);
-    eventually("load after the join", || async {
-        (ok.load(Ordering::Relaxed) > before + 400).then_some(())
-    })
-    .await;
-    stop.store(true, Ordering::Relaxed);
-    for task in load {
-        task.await.unwrap();
-    }
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "requests failed during the join"
-    );
+    load.runs_for(400).await;
+    let (viewers, asset) = (load.viewers.clone(), load.asset.clone());
+    let (failed, acked) = load.stop().await;
+    assert_eq!(failed, 0, "requests failed during the join");
     assert_eq!(shard_counts(&s), [341, 341, 342]);
     assert!(third.metric("playstate_cluster_shards_owned").await >= 341.0);
-    // Every viewer still holds exactly the one slot, on whichever node owns them now.
-    for v in viewers.iter().take(50) {
-        assert_eq!(sessions(&third, v).await, ["tv"]);
-    }
+    assert_nothing_lost(&third, &viewers, &asset, &acked).await;
+}
+
+#[tokio::test]
+async fn a_drain_and_restart_under_load_fail_no_request() {
+    let mut nodes = three_nodes().await;
+    let leader = status(&nodes[0])["leader"].as_u64().unwrap();
+    // A follower stops; the players are sent to the other two, as a balancer would.
+    let index = (0..3).find(|i| *i as u64 + 1 != leader).unwrap();
+    let stays: Vec<String> = (0..3)
+        .filter(|i| *i != index)
+        .map(|i| nodes[i].url(""))
+        .collect();
+    let load = PlayerLoad::start(stays, 200);
+    load.runs_for(800).await;
+    let (viewers, asset) = (load.viewers.clone(), load.asset.clone());
+    let mut stopping = nodes.remove(index);
+    stopping.stop();
+    let s = status(&nodes[0]);
+    assert_eq!(s["shards"][(index + 1).to_string()], 0, "{s}");
+    load.runs_for(400).await;
+    let back = stopping.start_again().await;
+    ready(&back).await;
+    settled(&nodes[0], 3).await;
+    load.runs_for(400).await;
+    let (failed, acked) = load.stop().await;
+    assert_eq!(failed, 0, "requests failed during the drain and restart");
+    assert!(back.metric("playstate_cluster_shards_owned").await >= 341.0);
+    assert_nothing_lost(&back, &viewers, &asset, &acked).await;
 }
