@@ -94,6 +94,8 @@ pub struct StatusReport {
     pub handoffs: Vec<MoveReport>,
     /// Every node in the Raft membership (voters and learners), as this node knows it.
     pub raft_members: Vec<u64>,
+    /// This node's log holds no entry at or below this index: it is in its snapshot.
+    pub log_purged_upto: u64,
 }
 
 /// The answer to a join: where the cluster was when this node was added, so that the
@@ -156,6 +158,8 @@ impl Cluster {
             election_timeout_max: election * 2,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_every),
             max_in_snapshot_log_to_keep: settings.snapshot_every / 5,
+            // openraft's default (256) would leave a small cluster's log unpurged for good.
+            purge_batch_size: (settings.snapshot_every / 10).max(1),
             install_snapshot_timeout: 10_000,
             ..Default::default()
         }
@@ -554,6 +558,7 @@ impl Cluster {
                 .map(|(id, n)| (id.0.to_string(), n))
                 .collect(),
             raft_members: membership.nodes().map(|(id, _)| *id).collect(),
+            log_purged_upto: metrics.purged.map_or(0, |id| id.index),
             handoffs: state
                 .moves
                 .values()

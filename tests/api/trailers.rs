@@ -505,8 +505,11 @@ async fn a_trailer_onboarded_through_one_node_is_served_by_every_node() {
     let id = |n: u64| vec!["--node-id".to_owned(), n.to_string()];
     // Only node 1 consumes the queue; the others have no TMDB token and their own,
     // empty, embedded stores.
+    // Snapshots every 10 entries, the log purged behind them: the node joining last must
+    // be sent a snapshot, as the log no longer holds the entry.
+    let snapshots = "[cluster]\nsnapshot_every = 10\n";
     let onboarding =
-        TestNode::spawn_with(&node_config(&aws, &upstreams, ""), &id(1), &secret).await;
+        TestNode::spawn_with(&node_config(&aws, &upstreams, snapshots), &id(1), &secret).await;
     eventually("node 1 ready", || async {
         (onboarding.get("/ready").await.status() == 200).then_some(())
     })
@@ -525,8 +528,45 @@ async fn a_trailer_onboarded_through_one_node_is_served_by_every_node() {
     assert_eq!(publish(&onboarding, &url).await.status(), 200);
     assert_eq!(wait_for_trailers(&reader, &url).await, links(&["KEY1"]));
     // A node that joins afterwards gets the entry from the log (or a snapshot).
+    // Enough entries after it for a snapshot, and for the log to be purged past it: the
+    // same content onboarded again, 12 times (each commits the entry once more).
+    let admin_status = || async {
+        onboarding
+            .client
+            .get(format!(
+                "http://{}/cluster/admin/status",
+                onboarding.cluster_addr
+            ))
+            .bearer_auth("trailer-test")
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    };
+    let entry_index = admin_status().await["last_applied"].as_u64().unwrap();
+    for _ in 0..12 {
+        assert_eq!(publish(&onboarding, &url).await.status(), 200);
+    }
+    eventually("13 onboardings", || async {
+        let done = onboarding
+            .metric("playstate_trailer_messages_total{outcome=\"onboarded\"}")
+            .await;
+        (done >= 13.0).then_some(())
+    })
+    .await;
+    eventually("the leader's log purged past the entry", || async {
+        let purged = admin_status().await["log_purged_upto"].as_u64().unwrap();
+        (purged >= entry_index).then_some(())
+    })
+    .await;
     let late = TestNode::spawn_with(&reading, &join(3), &secret).await;
     assert_eq!(wait_for_trailers(&late, &url).await, links(&["KEY1"]));
+    assert!(
+        late.logs().contains("Raft::begin_receiving_snapshot"),
+        "the late node was not sent a snapshot"
+    );
     for node in [&reader, &late] {
         assert_eq!(node.metric("playstate_trailer_cache_entries").await, 1.0);
         assert!(
@@ -536,5 +576,5 @@ async fn a_trailer_onboarded_through_one_node_is_served_by_every_node() {
         );
         assert_eq!(node.metric("playstate_store_reads_total").await, 0.0);
     }
-    assert_eq!(upstreams.calls_to(&format!("/3/find/{IMDB}")).await, 1);
+    assert_eq!(upstreams.calls_to(&format!("/3/find/{IMDB}")).await, 13);
 }
