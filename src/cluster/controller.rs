@@ -92,12 +92,10 @@ async fn reconcile(cluster: &Cluster, metrics: &Metrics) -> Result<(), ClusterEr
         shards = batch.len(),
         "rebalancing: moving a batch of shards"
     );
-    cluster
-        .write(Request::BeginMoves {
-            moves: batch.clone(),
-        })
-        .await?;
-    drive(cluster, metrics, batch).await
+    cluster.write(Request::BeginMoves { moves: batch }).await?;
+    // Only the moves the state took: it drops those aimed at a node no longer active.
+    let begun: Vec<ShardMove> = cluster.state().moves.values().copied().collect();
+    drive(cluster, metrics, begun).await
 }
 
 /// Has the old owners hand the shards over, then commits the new owners (or gives the

@@ -116,11 +116,15 @@ impl ClusterState {
                 ];
             }
             Request::BeginMoves { moves } => {
+                // A plan made on an older state may aim at a node that has started to
+                // drain or leave since: such moves are dropped.
                 for m in moves {
                     let current = self.shards.get(m.shard.0 as usize);
-                    if current.is_some_and(|owner| owner.node == m.from)
-                        && self.members.contains_key(&m.to)
-                    {
+                    let to_active = self
+                        .members
+                        .get(&m.to)
+                        .is_some_and(|member| member.state == MemberState::Active);
+                    if current.is_some_and(|owner| owner.node == m.from) && to_active {
                         self.moves.insert(m.shard, *m);
                     }
                 }
@@ -227,6 +231,23 @@ mod tests {
                 shard: ShardId(0),
                 from: NodeId(2),
                 to: NodeId(1),
+            }],
+        });
+        assert!(state.moves.is_empty());
+    }
+
+    #[test]
+    fn no_move_goes_to_a_node_that_drains() {
+        let mut state = two_nodes();
+        state.apply(&Request::SetState {
+            id: 2,
+            state: MemberState::Draining,
+        });
+        state.apply(&Request::BeginMoves {
+            moves: vec![ShardMove {
+                shard: ShardId(1),
+                from: NodeId(1),
+                to: NodeId(2),
             }],
         });
         assert!(state.moves.is_empty());

@@ -89,10 +89,26 @@ impl TestNode {
             .await
             .expect("drain the entry node");
         assert_eq!(drained.status(), 200, "draining the entry node");
-        eventually("the owner to own every shard", || async {
-            let owned = owner.metric("playstate_cluster_shards_owned").await;
+        // Every shard with the owner and no move in flight: a batch the leader began
+        // before the drain would otherwise land on this node after the test started.
+        eventually("the owner to own every shard, nothing moving", || async {
+            let status: Value = owner
+                .client
+                .get(format!(
+                    "http://{}/cluster/admin/status",
+                    owner.cluster_addr
+                ))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            let settled = status["shards"]["1"] == 1024
+                && status["shards"]["2"] == 0
+                && status["handoffs"].as_array()?.is_empty();
             let entry = self.metric("playstate_cluster_shards_owned").await;
-            (owned == 1024.0 && entry == 0.0).then_some(())
+            (settled && entry == 0.0).then_some(())
         })
         .await;
         self.owner = Some(Box::new(owner));
