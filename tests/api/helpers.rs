@@ -62,20 +62,18 @@ impl TestNode {
     /// the player listener's metrics count no 503 from `/ready`.
     async fn wait_ready(&self) {
         eventually("the node to join its cluster", || async {
-            let status: Value = self
-                .client
-                .get(format!("http://{}/cluster/admin/status", self.cluster_addr))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let status = self.cluster_status().await?;
             let me = status["node_id"].clone();
             let member = status["members"].as_array()?.iter().any(|m| m["id"] == me);
             (member && !status["leader"].is_null()).then_some(())
         })
         .await;
+    }
+
+    /// `GET /cluster/admin/status` of a node with no cluster secret; `None` until it answers.
+    async fn cluster_status(&self) -> Option<Value> {
+        let url = format!("http://{}/cluster/admin/status", self.cluster_addr);
+        self.client.get(url).send().await.ok()?.json().await.ok()
     }
 
     /// Drains this node (node 2) so that `owner` (node 1) owns every shard, and keeps it.
@@ -92,18 +90,7 @@ impl TestNode {
         // Every shard with the owner and no move in flight: a batch the leader began
         // before the drain would otherwise land on this node after the test started.
         eventually("the owner to own every shard, nothing moving", || async {
-            let status: Value = owner
-                .client
-                .get(format!(
-                    "http://{}/cluster/admin/status",
-                    owner.cluster_addr
-                ))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let status = owner.cluster_status().await?;
             let settled = status["shards"]["1"] == 1024
                 && status["shards"]["2"] == 0
                 && status["handoffs"].as_array()?.is_empty();
