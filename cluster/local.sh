@@ -9,8 +9,15 @@
 #   cluster/local.sh leave K   drain node K and remove it from the cluster (it exits)
 #   cluster/local.sh status    `playstate cluster status` through the first live node
 #   cluster/local.sh down      SIGTERM every node and wait for them
+#
+# Members must share one users' store. By default the nodes use a DynamoDB emulator (moto
+# server, installed into .build/venv like scripts/test.sh does) that `up` starts and `down`
+# stops; set PLAYSTATE_STORE__BACKEND=dynamodb (and the table and AWS settings) to use a
+# real one instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/emulator.sh
+. scripts/emulator.sh
 
 # CLUSTER_DIR keeps another cluster apart (e.g. for scripts/perf-cluster.sh).
 DIR=${CLUSTER_DIR:-.cluster}
@@ -27,6 +34,29 @@ secret() {
   mkdir -p "$DIR"
   [ -s "$DIR/secret" ] || head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$DIR/secret"
   cat "$DIR/secret"
+}
+
+# The store every node is started with: the caller's, or a moto server of this cluster's.
+store_env() {
+  if [ -n "${PLAYSTATE_STORE__BACKEND:-}" ]; then return; fi
+  if ! { [ -f "$DIR/moto/pid" ] && kill -0 "$(cat "$DIR/moto/pid")" 2>/dev/null; }; then
+    emulator_install
+    emulator_start "$DIR/moto/log"
+    echo "$MOTO_PID" >"$DIR/moto/pid"
+    echo "$MOTO_PORT" >"$DIR/moto/port"
+    echo "DynamoDB emulator (moto) on 127.0.0.1:$MOTO_PORT"
+  fi
+  export PLAYSTATE_STORE__BACKEND=dynamodb PLAYSTATE_STORE__DYNAMODB__TABLE=playstate \
+    PLAYSTATE_STORE__DYNAMODB__CREATE_TABLE=true \
+    PLAYSTATE_AWS__ENDPOINT="http://127.0.0.1:$(cat "$DIR/moto/port")" \
+    PLAYSTATE_AWS__REGION=us-east-1 PLAYSTATE_AWS__ACCESS_KEY_ID=local \
+    PLAYSTATE_AWS__SECRET_ACCESS_KEY=local
+}
+
+stop_emulator() {
+  [ -f "$DIR/moto/pid" ] || return 0
+  kill "$(cat "$DIR/moto/pid")" 2>/dev/null || true
+  rm -f "$DIR/moto/pid"
 }
 
 alive() { [ -f "$DIR/node$1/pid" ] && kill -0 "$(cat "$DIR/node$1/pid")" 2>/dev/null; }
@@ -47,6 +77,7 @@ start_node() {
   mkdir -p "$node"
   local args=(--node-id "$k" --listen 127.0.0.1:0 --cluster-listen 127.0.0.1:0 --data-dir "$node/data")
   [ -n "$join" ] && args+=(--join "$join")
+  store_env
   : >"$node/log"
   PLAYSTATE_CLUSTER__SECRET=$(secret) nohup "$BIN" "${args[@]}" >>"$node/log" 2>&1 &
   echo $! >"$node/pid"
@@ -106,6 +137,9 @@ case "$cmd" in
     PLAYSTATE_CLUSTER__SECRET=$(secret) "$BIN" cluster status \
       --cluster-addr "$(cat "$DIR/node$via/cluster_addr")" "${@:2}"
     ;;
-  down) for k in $(nodes | sort -rn); do stop_node "$k"; done ;;
-  *) sed -n '2,12p' "$0"; exit 2 ;;
+  down)
+    for k in $(nodes | sort -rn); do stop_node "$k"; done
+    stop_emulator
+    ;;
+  *) sed -n '2,17p' "$0"; exit 2 ;;
 esac

@@ -7,32 +7,17 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
-BUILD=.build
-VENV="$BUILD/venv"
-REQUIREMENTS=scripts/emulator-requirements.txt
+# shellcheck source=scripts/emulator.sh
+. scripts/emulator.sh
 
 step "emulator: moto server (DynamoDB + SQS)"
-# Reinstall only when the pinned requirements change.
-if ! cmp -s "$REQUIREMENTS" "$VENV/installed-requirements.txt" 2>/dev/null; then
-  rm -rf "$VENV"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$REQUIREMENTS"
-  cp "$REQUIREMENTS" "$VENV/installed-requirements.txt"
-fi
-MOTO_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-mkdir -p "$BUILD"
-"$VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" >"$BUILD/moto.log" 2>&1 &
-MOTO_PID=$!
-trap 'kill "$MOTO_PID" 2>/dev/null || true; wait "$MOTO_PID" 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do
-  if curl -fsS -o /dev/null "http://127.0.0.1:$MOTO_PORT/moto-api/" 2>/dev/null; then break; fi
-  if ! kill -0 "$MOTO_PID" 2>/dev/null; then cat "$BUILD/moto.log"; echo "moto server died" >&2; exit 1; fi
-  sleep 0.1
-done
+emulator_install
+trap 'kill "${MOTO_PID:-}" 2>/dev/null || true; wait "${MOTO_PID:-}" 2>/dev/null || true' EXIT
+emulator_start .build/moto.log
 echo "moto server on 127.0.0.1:$MOTO_PORT (pid $MOTO_PID)"
 # The tests read these: the shared emulator, and how to start a private one.
 export TEST_AWS_ENDPOINT="http://127.0.0.1:$MOTO_PORT"
-export TEST_MOTO_SERVER="$PWD/$VENV/bin/moto_server"
+export TEST_MOTO_SERVER="$PWD/$EMULATOR_VENV/bin/moto_server"
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

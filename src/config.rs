@@ -307,6 +307,18 @@ impl Config {
     }
 
     /// Checks the rules that types alone cannot express.
+    /// What every member of a multi-node cluster must share, since a shard's users' data
+    /// must be readable by whichever node owns it; `None` for the node-local embedded store.
+    pub fn shared_store(&self) -> Option<String> {
+        match self.store.backend {
+            StoreBackend::Embedded => None,
+            StoreBackend::Dynamodb => Some(format!(
+                "DynamoDB table {} in {}",
+                self.store.dynamodb.table, self.aws.region
+            )),
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         fn invalid(key: &'static str, reason: impl Into<String>) -> Result<(), ConfigError> {
             Err(ConfigError::Invalid {
@@ -414,6 +426,14 @@ impl Config {
                      not a loopback address: anyone who reaches it could move shards",
                     cluster.listen
                 ),
+            );
+        }
+        if !cluster.join.is_empty() && self.shared_store().is_none() {
+            return invalid(
+                "cluster.join",
+                "needs a store every node shares (store.backend = \"dynamodb\"): the \
+                 embedded store keeps users' data on one machine, so a shard moved to \
+                 another node would lose its users' progress and watchlist",
             );
         }
         if cluster.voters == 0 {

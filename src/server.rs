@@ -610,6 +610,7 @@ fn cluster_settings(config: &Config) -> ClusterSettings {
         election_timeout: c.election_timeout,
         snapshot_every: c.snapshot_every,
         secret: c.secret.clone(),
+        shared_store: config.shared_store(),
     }
 }
 

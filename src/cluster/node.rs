@@ -33,6 +33,9 @@ pub struct ClusterSettings {
     pub election_timeout: Duration,
     pub snapshot_every: u64,
     pub secret: String,
+    /// The user store every member must share (see `Config::shared_store`); `None` when
+    /// this node's store is its own, so that no other node may join.
+    pub shared_store: Option<String>,
 }
 
 #[derive(Debug, Clone, thiserror::Error, Serialize, Deserialize)]
@@ -110,6 +113,8 @@ pub struct JoinRequest {
     pub node_id: u64,
     pub player_addr: String,
     pub cluster_addr: String,
+    /// The joining node's `ClusterSettings::shared_store`.
+    pub store: Option<String>,
 }
 
 #[derive(Clone)]
@@ -321,6 +326,7 @@ impl Cluster {
             node_id: self.inner.id.0,
             player_addr: self.inner.addr.player_addr.clone(),
             cluster_addr: self.inner.addr.cluster_addr.clone(),
+            store: self.inner.settings.shared_store.clone(),
         }
     }
 
@@ -430,6 +436,7 @@ impl Cluster {
         if self.state().removed.contains(&id) {
             return Err(ClusterError::Removed(id.0));
         }
+        self.check_same_store(&request)?;
         let addr = NodeAddr {
             player_addr: request.player_addr,
             cluster_addr: request.cluster_addr,
@@ -455,6 +462,26 @@ impl Cluster {
             .expect_applied(Request::Join { id: id.0, addr })
             .await?;
         Ok(Joined { log_index: index })
+    }
+
+    /// A joining node must read and write the users' data where the members do, or the
+    /// users of every shard it takes would lose what is stored about them.
+    fn check_same_store(&self, request: &JoinRequest) -> Result<(), ClusterError> {
+        let ours = &self.inner.settings.shared_store;
+        match (ours, &request.store) {
+            (Some(ours), Some(theirs)) if ours == theirs => Ok(()),
+            (None, _) => Err(ClusterError::Refused(format!(
+                "node {} keeps users' data in its embedded store, which no other node can \
+                 read: a multi-node cluster needs a shared store (store.backend = \"dynamodb\")",
+                self.inner.id
+            ))),
+            (Some(ours), theirs) => Err(ClusterError::Refused(format!(
+                "the cluster keeps users' data in {ours}, node {} in {}: every member needs \
+                 the same store",
+                request.node_id,
+                theirs.as_deref().unwrap_or("its embedded store")
+            ))),
+        }
     }
 
     /// Whether this node can serve: a member, with a leader known, caught up with what

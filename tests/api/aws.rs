@@ -27,6 +27,20 @@ pub async fn sdk(endpoint: &str) -> aws_config::SdkConfig {
         .await
 }
 
+/// Environment that puts a node's users' data in `table` on the emulator at `endpoint`
+/// (created by the node): what every member of a test cluster must share.
+pub fn shared_store_env<'a>(endpoint: &'a str, table: &'a str) -> Vec<(&'static str, &'a str)> {
+    vec![
+        ("PLAYSTATE_STORE__BACKEND", "dynamodb"),
+        ("PLAYSTATE_STORE__DYNAMODB__TABLE", table),
+        ("PLAYSTATE_STORE__DYNAMODB__CREATE_TABLE", "true"),
+        ("PLAYSTATE_AWS__ENDPOINT", endpoint),
+        ("PLAYSTATE_AWS__REGION", REGION),
+        ("PLAYSTATE_AWS__ACCESS_KEY_ID", "test"),
+        ("PLAYSTATE_AWS__SECRET_ACCESS_KEY", "test"),
+    ]
+}
+
 /// A table and a queue of this test's own, on an emulator, and the node config using them.
 pub struct AwsFixture {
     pub endpoint: String,
@@ -47,6 +61,11 @@ impl AwsFixture {
             dynamo: aws_sdk_dynamodb::Client::new(&sdk),
             sqs: aws_sdk_sqs::Client::new(&sdk),
         }
+    }
+
+    /// Environment for a node whose users' data is in this fixture's table.
+    pub fn store_env(&self) -> Vec<(&'static str, &str)> {
+        shared_store_env(&self.endpoint, &self.table)
     }
 
     /// Node configuration: DynamoDB store and SQS events on this fixture, created by the

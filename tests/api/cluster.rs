@@ -10,6 +10,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 
+use super::aws::{AwsFixture, endpoint};
 use super::helpers::{TestNode, eventually, sessions, user};
 
 const SECRET: &str = "cluster-test-secret";
@@ -22,12 +23,15 @@ election_timeout = "800ms"
 handoff_wait = "5s"
 "#;
 
-async fn node(id: u64, join: Option<&str>) -> TestNode {
+/// Node `id` of the test cluster whose members share `aws`'s table.
+async fn node(aws: &AwsFixture, id: u64, join: Option<&str>) -> TestNode {
     let mut args = vec!["--node-id".to_owned(), id.to_string()];
     if let Some(join) = join {
         args.extend(["--join".to_owned(), join.to_owned()]);
     }
-    TestNode::spawn_with(FAST, &args, &[("PLAYSTATE_CLUSTER__SECRET", SECRET)]).await
+    let mut env = aws.store_env();
+    env.push(("PLAYSTATE_CLUSTER__SECRET", SECRET));
+    TestNode::spawn_with(FAST, &args, &env).await
 }
 
 /// `playstate cluster status --json` through `node`.
@@ -100,12 +104,12 @@ async fn ready(node: &TestNode) {
     .await;
 }
 
-async fn three_nodes() -> Vec<TestNode> {
-    let first = node(1, None).await;
+async fn three_nodes(aws: &AwsFixture) -> Vec<TestNode> {
+    let first = node(aws, 1, None).await;
     ready(&first).await;
     let join = first.cluster_addr.clone();
-    let second = node(2, Some(&join)).await;
-    let third = node(3, Some(&join)).await;
+    let second = node(aws, 2, Some(&join)).await;
+    let third = node(aws, 3, Some(&join)).await;
     let nodes = vec![first, second, third];
     for n in &nodes {
         ready(n).await;
@@ -126,7 +130,8 @@ async fn heartbeat(node: &TestNode, user: &str, session: &str) -> u16 {
 
 #[tokio::test]
 async fn three_nodes_form_a_cluster_and_share_the_shards() {
-    let nodes = three_nodes().await;
+    let aws = AwsFixture::new(&endpoint()).await;
+    let nodes = three_nodes(&aws).await;
     let s = status(&nodes[1]);
     let members = s["members"].as_array().unwrap();
     assert_eq!(members.len(), 3);
@@ -175,7 +180,8 @@ async fn three_nodes_form_a_cluster_and_share_the_shards() {
 
 #[tokio::test]
 async fn the_limit_holds_across_nodes() {
-    let nodes = three_nodes().await;
+    let aws = AwsFixture::new(&endpoint()).await;
+    let nodes = three_nodes(&aws).await;
     let viewer = user();
     let attempts = (0..50).map(|i| {
         let node = &nodes[i % 3];
@@ -286,7 +292,8 @@ async fn the_limit_holds_across_nodes() {
 
 #[tokio::test]
 async fn cluster_routes_need_the_secret() {
-    let n = node(1, None).await;
+    let aws = AwsFixture::new(&endpoint()).await;
+    let n = node(&aws, 1, None).await;
     ready(&n).await;
     let routes = [
         (Method::POST, "/cluster/raft/append"),
@@ -339,24 +346,55 @@ async fn cluster_routes_need_the_secret() {
     assert_eq!(ok.status(), 200);
 }
 
-/// Every viewer still holds the "tv" and "phone" slots, seen through `entry`.
-async fn assert_slots(entry: &TestNode, viewers: &[String]) {
+/// Every viewer still holds the "tv" and "phone" slots, and reads back the progress and
+/// watchlist `remember` stored (their shards have moved since: the new owner must find
+/// them), seen through `entry`.
+async fn assert_viewers(entry: &TestNode, viewers: &[String], asset: &str) {
     let expect: BTreeSet<String> = ["phone".to_owned(), "tv".to_owned()].into();
-    for v in viewers {
+    for (i, v) in viewers.iter().enumerate() {
         let seen: BTreeSet<String> = sessions(entry, v).await.into_iter().collect();
         assert_eq!(seen, expect, "slots of {v}");
+        let progress = entry.get_json(&format!("/v1/progress/{asset}"), v).await;
+        assert_eq!(progress["progress"], i + 1, "progress of {v}");
+        let watchlist = entry.get_json("/v1/watchlist", v).await;
+        assert_eq!(
+            watchlist[0]["asset"], asset,
+            "watchlist of {v}: {watchlist}"
+        );
+    }
+}
+
+/// Stores progress `i + 1` on `asset` and puts `asset` on the watchlist of viewer `i`.
+async fn remember(entry: &TestNode, viewers: &[String], asset: &str) {
+    for (i, v) in viewers.iter().enumerate() {
+        let progress = entry
+            .as_user(Method::PUT, &format!("/v1/progress/{asset}"), v)
+            .json(&json!({ "progress": i + 1 }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(progress.status(), 200);
+        let watch = entry
+            .as_user(Method::PUT, &format!("/v1/watchlist/{asset}"), v)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(watch.status(), 200);
     }
 }
 
 #[tokio::test]
 async fn drain_restart_and_leave_lose_no_slot() {
-    let mut nodes = three_nodes().await;
-    // Users with slots all over the shards.
+    let aws = AwsFixture::new(&endpoint()).await;
+    let mut nodes = three_nodes(&aws).await;
+    // Users with slots, progress and a watchlist all over the shards.
     let viewers: Vec<String> = (0..30).map(|_| user()).collect();
     for (i, v) in viewers.iter().enumerate() {
         assert_eq!(heartbeat(&nodes[i % 3], v, "tv").await, 200);
         assert_eq!(heartbeat(&nodes[(i + 1) % 3], v, "phone").await, 200);
     }
+    let film = super::helpers::asset();
+    remember(&nodes[2], &viewers, &film).await;
     // A planned stop of node 2: its shards go to the others, it stays a member.
     let mut second = nodes.remove(1);
     let pid = second.pid().unwrap();
@@ -370,7 +408,7 @@ async fn drain_restart_and_leave_lose_no_slot() {
         .find(|m| m["id"] == 2)
         .cloned();
     assert_eq!(drained.unwrap()["state"], "draining");
-    assert_slots(&nodes[0], &viewers).await;
+    assert_viewers(&nodes[0], &viewers, &film).await;
     assert!(second.logs().contains("drained"), "{pid}");
     // Started again (no --join): it rejoins from its log and gets shards back.
     second.forget_arg("--join");
@@ -379,14 +417,14 @@ async fn drain_restart_and_leave_lose_no_slot() {
     let s = settled(&nodes[0], 3).await;
     assert!(s["shards"]["2"].as_u64().unwrap() >= 341, "{s}");
     nodes.insert(1, second);
-    assert_slots(&nodes[0], &viewers).await;
+    assert_viewers(&nodes[0], &viewers, &film).await;
     // Node 3 leaves for good: drained, removed, and it exits by itself.
     leave(&nodes[0], 3);
     let mut third = nodes.remove(2);
     third.wait_for_exit(Duration::from_secs(30));
     let s = settled(&nodes[0], 2).await;
     assert_eq!(shard_counts(&s), [512, 512]);
-    assert_slots(&nodes[0], &viewers).await;
+    assert_viewers(&nodes[0], &viewers, &film).await;
     // Its id is gone for good: started again, it refuses.
     let (exit, output) = third.run_to_exit();
     assert!(!exit.success(), "a removed node must not start");
@@ -394,8 +432,40 @@ async fn drain_restart_and_leave_lose_no_slot() {
 }
 
 #[tokio::test]
+async fn members_must_share_one_store() {
+    let aws = AwsFixture::new(&endpoint()).await;
+    let first = node(&aws, 1, None).await;
+    ready(&first).await;
+    let join = |id: &str| ["--node-id", id, "--join", &first.cluster_addr].map(String::from);
+    let secret = ("PLAYSTATE_CLUSTER__SECRET", SECRET);
+    // Its own embedded store: it refuses before it starts.
+    let (exit, output) = TestNode::run_once(FAST, &join("2"), &[secret]);
+    assert!(
+        !exit.success(),
+        "a node with an embedded store must not join"
+    );
+    assert!(output.contains("cluster.join"), "{output}");
+    assert!(output.contains("store.backend"), "{output}");
+    // Another table: the leader refuses it, and it stops.
+    let other = AwsFixture::new(&endpoint()).await;
+    let mut env = other.store_env();
+    env.push(secret);
+    let (exit, output) = TestNode::run_once(FAST, &join("3"), &env);
+    assert!(!exit.success(), "a node with another table must not join");
+    assert!(
+        output.contains("every member needs the same store"),
+        "{output}"
+    );
+    assert!(output.contains(&aws.table), "{output}");
+    let s = status(&first);
+    assert_eq!(s["members"].as_array().unwrap().len(), 1, "{s}");
+    assert_eq!(shard_counts(&s), [1024]);
+}
+
+#[tokio::test]
 async fn the_leader_can_leave() {
-    let mut nodes = three_nodes().await;
+    let aws = AwsFixture::new(&endpoint()).await;
+    let mut nodes = three_nodes(&aws).await;
     let viewer = user();
     assert_eq!(heartbeat(&nodes[0], &viewer, "a").await, 200);
     assert_eq!(heartbeat(&nodes[1], &viewer, "b").await, 200);
@@ -532,14 +602,15 @@ async fn assert_nothing_lost(
 
 #[tokio::test]
 async fn a_join_under_load_fails_no_request() {
-    let first = node(1, None).await;
+    let aws = AwsFixture::new(&endpoint()).await;
+    let first = node(&aws, 1, None).await;
     ready(&first).await;
-    let second = node(2, Some(&first.cluster_addr)).await;
+    let second = node(&aws, 2, Some(&first.cluster_addr)).await;
     ready(&second).await;
     settled(&first, 2).await;
     let load = PlayerLoad::start(vec![first.url(""), second.url("")], 200);
     load.runs_for(800).await;
-    let third = node(3, Some(&first.cluster_addr)).await;
+    let third = node(&aws, 3, Some(&first.cluster_addr)).await;
     ready(&third).await;
     let s = settled(&first, 3).await;
     load.runs_for(400).await;
@@ -553,7 +624,8 @@ async fn a_join_under_load_fails_no_request() {
 
 #[tokio::test]
 async fn a_drain_and_restart_under_load_fail_no_request() {
-    let mut nodes = three_nodes().await;
+    let aws = AwsFixture::new(&endpoint()).await;
+    let mut nodes = three_nodes(&aws).await;
     let leader = status(&nodes[0])["leader"].as_u64().unwrap();
     // A follower stops; the players are sent to the other two, as a balancer would.
     let index = (0..3).find(|i| *i as u64 + 1 != leader).unwrap();

@@ -32,6 +32,17 @@ pub struct TestNode {
     _dir: Option<tempfile::TempDir>,
 }
 
+/// Runs `command` to its end: its exit status and everything it printed.
+fn run_output(mut command: Command) -> (std::process::ExitStatus, String) {
+    let output = command.output().expect("run playstate");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status, text)
+}
+
 /// `TEST_THROUGH_PEER=1`: every `TestNode::spawn` is a two-node cluster, and the test
 /// talks to the node that owns no shard, so every command is forwarded to the other.
 fn through_peer() -> bool {
@@ -49,11 +60,15 @@ impl TestNode {
 
     /// An owner of every shard, and the node returned, joined to it and then drained so
     /// that it owns none: whatever the test asks of it is forwarded.
+    /// The two share a DynamoDB table on the test emulator, as the members of any cluster
+    /// must share their users' store.
     async fn spawn_behind_entry(config: &str) -> TestNode {
-        let owner = TestNode::spawn_with(config, &["--node-id".into(), "1".into()], &[]).await;
+        let (endpoint, table) = (super::aws::endpoint(), format!("playstate-{}", user()));
+        let store = super::aws::shared_store_env(&endpoint, &table);
+        let owner = TestNode::spawn_with(config, &["--node-id".into(), "1".into()], &store).await;
         owner.wait_ready().await;
         let args = ["--node-id", "2", "--join", &owner.cluster_addr].map(String::from);
-        let mut entry = TestNode::spawn_with(config, &args, &[]).await;
+        let mut entry = TestNode::spawn_with(config, &args, &store).await;
         entry.forget_arg("--join");
         entry.drain_into(owner).await
     }
@@ -238,15 +253,34 @@ impl TestNode {
     /// for a node that must refuse to start. Returns the exit status and the output.
     pub fn run_to_exit(&self) -> (std::process::ExitStatus, String) {
         assert!(self.child.is_none(), "the node is still running");
-        let output = TestNode::command(&self.data_dir, &self.config_file, &self.args, &self.env)
-            .output()
-            .expect("run playstate");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        (output.status, text)
+        run_output(TestNode::command(
+            &self.data_dir,
+            &self.config_file,
+            &self.args,
+            &self.env,
+        ))
+    }
+
+    /// Runs the binary with `config`, `args` and `env` on a fresh data dir until it exits;
+    /// for a node that must refuse to start. Returns the exit status and the output.
+    pub fn run_once(
+        config: &str,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> (std::process::ExitStatus, String) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_file = dir.path().join("node.toml");
+        std::fs::write(&config_file, config).expect("write config");
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        run_output(TestNode::command(
+            &dir.path().join("data"),
+            &config_file,
+            args,
+            &env,
+        ))
     }
 
     /// Drops the arguments `name` and its value (e.g. `--join` after the first start).

@@ -501,15 +501,16 @@ async fn a_trailer_onboarded_through_one_node_is_served_by_every_node() {
     upstreams.content("arrival-2016", Some(IMDB)).await;
     upstreams.tmdb_match().await;
     upstreams.videos(&["KEY1"]).await;
-    let secret = [("PLAYSTATE_CLUSTER__SECRET", "trailer-test")];
+    let mut env = aws.store_env();
+    env.push(("PLAYSTATE_CLUSTER__SECRET", "trailer-test"));
     let id = |n: u64| vec!["--node-id".to_owned(), n.to_string()];
-    // Only node 1 consumes the queue; the others have no TMDB token and their own,
-    // empty, embedded stores.
+    // Only node 1 consumes the queue; the others have no TMDB token. All share one
+    // users' store, as members must.
     // Snapshots every 10 entries, the log purged behind them: the node joining last must
     // be sent a snapshot, as the log no longer holds the entry.
     let snapshots = "[cluster]\nsnapshot_every = 10\n";
     let onboarding =
-        TestNode::spawn_with(&node_config(&aws, &upstreams, snapshots), &id(1), &secret).await;
+        TestNode::spawn_with(&node_config(&aws, &upstreams, snapshots), &id(1), &env).await;
     eventually("node 1 ready", || async {
         (onboarding.get("/ready").await.status() == 200).then_some(())
     })
@@ -523,7 +524,7 @@ async fn a_trailer_onboarded_through_one_node_is_served_by_every_node() {
         "[trailers]\ncontent_url_prefix = \"{}\"\n",
         upstreams.prefix()
     );
-    let reader = TestNode::spawn_with(&reading, &join(2), &secret).await;
+    let reader = TestNode::spawn_with(&reading, &join(2), &env).await;
     let url = upstreams.content_url("arrival-2016");
     assert_eq!(publish(&onboarding, &url).await.status(), 200);
     assert_eq!(wait_for_trailers(&reader, &url).await, links(&["KEY1"]));
@@ -561,7 +562,7 @@ async fn a_trailer_onboarded_through_one_node_is_served_by_every_node() {
         (purged >= entry_index).then_some(())
     })
     .await;
-    let late = TestNode::spawn_with(&reading, &join(3), &secret).await;
+    let late = TestNode::spawn_with(&reading, &join(3), &env).await;
     assert_eq!(wait_for_trailers(&late, &url).await, links(&["KEY1"]));
     assert!(
         late.logs().contains("Raft::begin_receiving_snapshot"),
