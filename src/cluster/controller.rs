@@ -66,6 +66,9 @@ async fn reconcile(cluster: &Cluster, metrics: &Metrics) -> Result<(), ClusterEr
     if state.shards.is_empty() {
         return Ok(());
     }
+    if step_down_if_leaving(cluster).await? {
+        return Ok(());
+    }
     if !state.moves.is_empty() {
         let moves: Vec<ShardMove> = state.moves.values().copied().collect();
         return drive(cluster, metrics, moves).await;
@@ -190,7 +193,7 @@ async fn remove(cluster: &Cluster, node: NodeId) -> Result<(), ClusterError> {
         voter,
         "removing a node from the Raft membership"
     );
-    cluster.change_membership(change).await
+    cluster.change_membership(change, false).await
 }
 
 async fn wait_replicated(cluster: &Cluster, node: NodeId, index: u64, wait: Duration) {
@@ -210,13 +213,56 @@ async fn wait_replicated(cluster: &Cluster, node: NodeId, index: u64, wait: Dura
     }
 }
 
-/// Makes a caught-up active learner a voter while fewer voters than wanted.
-async fn promote(cluster: &Cluster) -> Result<(), ClusterError> {
+/// A leader that is leaving gives its vote up before its shards move, so that leadership
+/// moves first and the rest of the leave (handoffs, removal) is driven by its successor.
+/// openraft 0.9 has no leadership transfer, and a leader that is no longer a voter goes on
+/// leading; so it also stops its heartbeats, the voters' leases run out, and they elect
+/// another. It stays a learner, following the log until it is removed. Returns whether
+/// this node has handed leadership over (and must not act as leader meanwhile).
+async fn step_down_if_leaving(cluster: &Cluster) -> Result<bool, ClusterError> {
+    let me = cluster.id();
+    let leaving = cluster
+        .state()
+        .members
+        .get(&me)
+        .is_some_and(|m| m.state == MemberState::Leaving);
+    if !leaving {
+        return Ok(false);
+    }
+    let membership = cluster
+        .raft()
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .clone();
+    let mut voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+    if voters.remove(&me.0) {
+        if voters.is_empty() {
+            // The only voter: the vote goes to a caught-up learner if there is one; else
+            // this node stays leader to the end and removes itself last.
+            match caught_up_active_learner(cluster) {
+                Some(id) => voters.insert(id),
+                None => return Ok(false),
+            };
+        }
+        tracing::info!(
+            node_id = me.0,
+            voters = ?voters,
+            "leaving: giving up leadership before the shards move"
+        );
+        cluster
+            .change_membership(ChangeMembers::ReplaceAllVoters(voters), true)
+            .await?;
+    }
+    cluster.raft().runtime_config().heartbeat(false);
+    Ok(true)
+}
+
+/// An active member that is a learner and has (nearly) all of the leader's log.
+fn caught_up_active_learner(cluster: &Cluster) -> Option<u64> {
     let metrics = cluster.raft().metrics().borrow().clone();
     let membership = metrics.membership_config.membership();
-    if membership.voter_ids().count() >= cluster.settings().voters {
-        return Ok(());
-    }
     let state = cluster.state();
     let last = metrics.last_log_index.unwrap_or(0);
     let caught_up = |id: u64| {
@@ -226,17 +272,35 @@ async fn promote(cluster: &Cluster) -> Result<(), ClusterError> {
             .and_then(|r| r.get(&id).copied().flatten())
             .is_some_and(|matched| matched.index + 20 >= last)
     };
-    let candidate = membership.learner_ids().find(|id| {
+    membership.learner_ids().find(|id| {
         state
             .members
             .get(&NodeId(*id))
             .is_some_and(|m| m.state == MemberState::Active)
             && caught_up(*id)
-    });
-    if let Some(id) = candidate {
+    })
+}
+
+/// Makes a caught-up active learner a voter while fewer voters than wanted.
+async fn promote(cluster: &Cluster) -> Result<(), ClusterError> {
+    let voters = cluster
+        .raft()
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .count();
+    if voters >= cluster.settings().voters {
+        return Ok(());
+    }
+    if let Some(id) = caught_up_active_learner(cluster) {
         tracing::info!(node_id = id, "promoting a learner to voter");
         cluster
-            .change_membership(ChangeMembers::AddVoterIds([id].into_iter().collect()))
+            .change_membership(
+                ChangeMembers::AddVoterIds([id].into_iter().collect()),
+                false,
+            )
             .await?;
     }
     Ok(())

@@ -650,13 +650,15 @@ impl Cluster {
     }
 
     /// Changes the Raft membership (leader only).
+    /// Commits a Raft membership change; `retain` keeps removed voters as learners.
     pub(super) async fn change_membership(
         &self,
         change: ChangeMembers<u64, NodeAddr>,
+        retain: bool,
     ) -> Result<(), ClusterError> {
         self.inner
             .raft
-            .change_membership(change, false)
+            .change_membership(change, retain)
             .await
             .map(|_| ())
             .map_err(|e| ClusterError::Failed(format!("membership change: {e}")))

@@ -470,9 +470,24 @@ async fn the_leader_can_leave() {
     assert_eq!(heartbeat(&nodes[0], &viewer, "a").await, 200);
     assert_eq!(heartbeat(&nodes[1], &viewer, "b").await, 200);
     let leader = status(&nodes[0])["leader"].as_u64().unwrap();
+    let handed_over = |n: &TestNode| n.logs().matches("shards handed over").count();
+    let driven_before = handed_over(&nodes[leader as usize - 1]);
     leave(&nodes[0], leader);
     let mut old = nodes.remove(leader as usize - 1);
     old.wait_for_exit(Duration::from_secs(30));
+    // Leadership moved first: the old leader gave its vote up and drove none of its own
+    // shards' moves; its successor did.
+    let logs = old.logs();
+    assert!(
+        logs.contains("giving up leadership before the shards move"),
+        "{logs}"
+    );
+    assert_eq!(
+        handed_over(&old),
+        driven_before,
+        "the old leader drove moves: {logs}"
+    );
+    assert!(nodes.iter().any(|n| handed_over(n) > 0));
     let s = eventually("a new leader", || async {
         let s = status(&nodes[0]);
         (s["leader"].as_u64().is_some_and(|l| l != leader)).then_some(s)
