@@ -68,6 +68,7 @@ pub struct ClusterMetrics {
     pub shards_owned: IntGauge,
     forwarded: IntCounterVec,
     pub forward_duration: Histogram,
+    pub forward_requests: IntCounter,
     pub shards_moved: IntCounter,
     pub handoff_duration: Histogram,
     pub handoff_waited: IntCounter,
@@ -114,6 +115,11 @@ impl ClusterMetrics {
                 "Time from sending a forwarded command to its answer.",
                 LATENCY_BUCKETS,
             ),
+            forward_requests: counter(
+                "playstate_forward_requests_total",
+                "HTTP requests that carried forwarded commands (stream commands share them: \
+                 forwarded commands / requests is the batching factor).",
+            ),
             shards_moved: counter(
                 "playstate_handoff_shards_moved_total",
                 "Shards this node handed to another node (counted by the old owner).",
@@ -147,6 +153,7 @@ impl ClusterMetrics {
             Box::new(self.shards_owned.clone()),
             Box::new(self.forwarded.clone()),
             Box::new(self.forward_duration.clone()),
+            Box::new(self.forward_requests.clone()),
             Box::new(self.shards_moved.clone()),
             Box::new(self.handoff_duration.clone()),
             Box::new(self.handoff_waited.clone()),

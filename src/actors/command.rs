@@ -30,6 +30,15 @@ pub enum UserCommand {
 }
 
 impl UserCommand {
+    /// Whether the actor answers it from memory alone: stream commands never touch the
+    /// store; library commands may (loading a library, writing a watchlist edit through).
+    pub fn is_memory_only(&self) -> bool {
+        matches!(
+            self,
+            UserCommand::Heartbeat(_) | UserCommand::EndStream { .. } | UserCommand::ListStreams
+        )
+    }
+
     /// A short name for logs and metrics.
     pub fn name(&self) -> &'static str {
         match self {

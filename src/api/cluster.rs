@@ -106,8 +106,19 @@ async fn snapshot(
     )
 }
 
-async fn forward(state: web::Data<AppState>, command: web::Json<ForwardedCommand>) -> HttpResponse {
-    HttpResponse::Ok().json(state.users.execute_forwarded(command.into_inner()).await)
+/// Runs a batch of forwarded commands at once; answers in the same order.
+async fn forward(
+    state: web::Data<AppState>,
+    commands: web::Json<Vec<ForwardedCommand>>,
+) -> HttpResponse {
+    let replies = futures_util::future::join_all(
+        commands
+            .into_inner()
+            .into_iter()
+            .map(|command| state.users.execute_forwarded(command)),
+    )
+    .await;
+    HttpResponse::Ok().json(replies)
 }
 
 /// The users of one shard, handed to its new owner.

@@ -79,6 +79,24 @@ impl Peers {
         self.send(addr, request).await
     }
 
+    /// POSTs `body`, already JSON, to `path` on the node whose cluster listener is `addr`.
+    pub async fn post_json_bytes<Resp: DeserializeOwned>(
+        &self,
+        addr: &str,
+        path: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Resp, PeerError> {
+        let request = self
+            .client
+            .post(format!("http://{addr}{path}"))
+            .header(reqwest::header::AUTHORIZATION, &*self.bearer)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .timeout(timeout);
+        self.send(addr, request).await
+    }
+
     /// GETs `path` from the node whose cluster listener is `addr`.
     pub async fn get<Resp: DeserializeOwned>(
         &self,

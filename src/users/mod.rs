@@ -6,12 +6,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
+mod forwarding;
+
+use forwarding::Forwarder;
+pub use forwarding::{ForwardedCommand, ForwardedReply};
 
 use crate::actors::{
     ActorUnavailable, CallError, CommandReply, LibraryError, Registry, UnexpectedReply, UserCommand,
 };
-use crate::cluster::{Destination, NodeId, Peers, Router, ShardId};
+use crate::cluster::{Destination, NodeId, Peers, Router};
 use crate::domain::{
     Accepted, AssetId, HeartbeatOutcome, LimitReached, Origin, Seconds, SessionId, Slot,
     SlotRequest, StreamId, StreamPolicy, Timestamp, UserId,
@@ -66,36 +69,15 @@ pub struct StreamClaim<'a> {
     pub plan: Option<&'a str>,
 }
 
-/// A command sent to the node that owns the user's shard.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ForwardedCommand {
-    pub shard: ShardId,
-    /// The epoch of the shard in the sender's table.
-    pub epoch: u64,
-    pub user: UserId,
-    pub command: UserCommand,
-}
-
-/// The owner's answer to a forwarded command.
-#[derive(Debug, Serialize, Deserialize)]
-pub enum ForwardedReply {
-    Done(CommandReply),
-    /// The shard is not this node's at that epoch: the sender's table is stale.
-    Moved,
-    Unavailable(String),
-}
-
 #[derive(Clone)]
 pub struct Users {
     router: Router,
     registry: Registry,
-    peers: Peers,
+    forwarder: Forwarder,
     policy: Arc<StreamPolicy>,
     metrics: Arc<Metrics>,
     /// How long a command waits for a shard being handed over.
     handoff_wait: Duration,
-    /// How long a forwarded command may take before the owner counts as unreachable.
-    forward_timeout: Duration,
 }
 
 impl Users {
@@ -111,11 +93,10 @@ impl Users {
         Users {
             router,
             registry,
-            peers,
+            forwarder: Forwarder::new(peers, forward_timeout, Arc::clone(&metrics)),
             policy: Arc::new(policy),
             metrics,
             handoff_wait,
-            forward_timeout,
         }
     }
 
@@ -311,10 +292,7 @@ impl Users {
             )));
         };
         let started = Instant::now();
-        let sent = self
-            .peers
-            .post::<_, ForwardedReply>(addr, "/cluster/forward", forwarded, self.forward_timeout)
-            .await;
+        let sent = self.forwarder.send(addr, forwarded).await;
         let cluster = &self.metrics.cluster;
         cluster
             .forward_duration
