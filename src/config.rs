@@ -199,6 +199,9 @@ pub struct ClusterConfig {
     pub shards: u32,
     /// Raft, forwarding, handoff and admin: never the player listener.
     pub listen: SocketAddr,
+    /// How the other nodes reach `listen`: `HOST:PORT`, or `HOST` for the port `listen`
+    /// bound. Empty: `listen` itself, which must then not be a wildcard address.
+    pub advertise: String,
     /// Bearer token every cluster-listener route requires.
     pub secret: String,
     /// Cluster addresses of existing members to join through.
@@ -309,6 +312,21 @@ impl Config {
     /// Checks the rules that types alone cannot express.
     /// What every member of a multi-node cluster must share, since a shard's users' data
     /// must be readable by whichever node owns it; `None` for the node-local embedded store.
+    /// The cluster address this node gives the others, once `listen` is bound to `bound`.
+    pub fn cluster_advertised(&self, bound: SocketAddr) -> String {
+        let advertise = self.cluster.advertise.trim();
+        if advertise.is_empty() {
+            bound.to_string()
+        } else if advertise
+            .rsplit_once(':')
+            .is_some_and(|(_, port)| port.parse::<u16>().is_ok())
+        {
+            advertise.to_owned()
+        } else {
+            format!("{advertise}:{}", bound.port())
+        }
+    }
+
     pub fn shared_store(&self) -> Option<String> {
         match self.store.backend {
             StoreBackend::Embedded => None,
@@ -428,6 +446,16 @@ impl Config {
                 ),
             );
         }
+        if cluster.listen.ip().is_unspecified() && cluster.advertise.is_empty() {
+            return invalid(
+                "cluster.advertise",
+                format!(
+                    "must be set when cluster.listen ({}) is a wildcard address: the other \
+                     nodes need an address they can reach this node at (e.g. its DNS name)",
+                    cluster.listen
+                ),
+            );
+        }
         if !cluster.join.is_empty() && self.shared_store().is_none() {
             return invalid(
                 "cluster.join",
@@ -513,5 +541,31 @@ mod tests {
             .extract()
             .unwrap();
         assert_eq!(again.to_toml(), config.to_toml());
+    }
+
+    #[test]
+    fn the_cluster_address_advertised_defaults_to_the_bound_one() {
+        let bound: SocketAddr = "0.0.0.0:7080".parse().unwrap();
+        let mut config: Config = Figment::from(Toml::string(DEFAULT_TOML)).extract().unwrap();
+        config.cluster.advertise = String::new();
+        assert_eq!(config.cluster_advertised(bound), "0.0.0.0:7080");
+        config.cluster.advertise = "playstate-1.playstate-cluster".into();
+        assert_eq!(
+            config.cluster_advertised(bound),
+            "playstate-1.playstate-cluster:7080"
+        );
+        config.cluster.advertise = "10.0.0.2:9000".into();
+        assert_eq!(config.cluster_advertised(bound), "10.0.0.2:9000");
+    }
+
+    #[test]
+    fn a_wildcard_cluster_listener_needs_an_advertised_address() {
+        let mut config: Config = Figment::from(Toml::string(DEFAULT_TOML)).extract().unwrap();
+        config.cluster.listen = "0.0.0.0:7080".parse().unwrap();
+        config.cluster.secret = "s".into();
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("cluster.advertise"), "{error}");
+        config.cluster.advertise = "node-1".into();
+        config.validate().unwrap();
     }
 }

@@ -323,6 +323,7 @@ impl Node {
         let cluster_listener = bind(config.cluster.listen, "the cluster")?;
         let player_addr = player_listener.local_addr()?;
         let cluster_addr = cluster_listener.local_addr()?;
+        let advertised = config.cluster_advertised(cluster_addr);
         let local = NodeId(config.cluster.node_id);
         let router = Router::new(local, config.cluster.shards);
         let cluster = Cluster::open(
@@ -330,7 +331,7 @@ impl Node {
             &config.storage.data_dir,
             NodeAddr {
                 player_addr: player_addr.to_string(),
-                cluster_addr: cluster_addr.to_string(),
+                cluster_addr: advertised.clone(),
             },
             router.clone(),
             metrics.clone(),
@@ -470,6 +471,7 @@ impl Node {
         tracing::info!(
             addr = %player_addr,
             cluster_addr = %cluster_addr,
+            advertised = %advertised,
             node_id = local.0,
             http_workers,
             actor_threads,
