@@ -19,6 +19,25 @@ echo "moto server on 127.0.0.1:$MOTO_PORT (pid $MOTO_PID)"
 export TEST_AWS_ENDPOINT="http://127.0.0.1:$MOTO_PORT"
 export TEST_MOTO_SERVER="$PWD/$EMULATOR_VENV/bin/moto_server"
 
+step "Kubernetes manifests (cluster/k8s): schemas, entrypoint script, node configuration"
+K8S_OUT=.build/k8s
+mkdir -p "$K8S_OUT"
+"$EMULATOR_VENV/bin/kubernetes-validate" --strict --quiet \
+  cluster/k8s/configmap.yaml cluster/k8s/secret.yaml cluster/k8s/services.yaml \
+  cluster/k8s/statefulset.yaml cluster/k8s/pdb.yaml
+"$EMULATOR_VENV/bin/python" - "$K8S_OUT" <<'PY'
+import sys, yaml
+data = yaml.safe_load(open("cluster/k8s/configmap.yaml"))["data"]
+for name in ("entrypoint.sh", "playstate.toml"):
+    open(f"{sys.argv[1]}/{name}", "w").write(data[name])
+PY
+sh -n "$K8S_OUT/entrypoint.sh"
+# The node configuration as a pod gets it (the entrypoint sets these three).
+PLAYSTATE_CLUSTER__SECRET=check PLAYSTATE_CLUSTER__NODE_ID=1 \
+  PLAYSTATE_CLUSTER__ADVERTISE=playstate-0.playstate-cluster \
+  cargo run --quiet --locked --bin playstate -- --config "$K8S_OUT/playstate.toml" check-config >/dev/null
+echo "manifests, entrypoint and configuration are valid"
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
