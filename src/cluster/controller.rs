@@ -3,7 +3,7 @@
 //! wanted, and move shards a batch at a time until every active member holds its share.
 //! Every node runs this loop; only the leader acts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -174,14 +174,7 @@ async fn remove(cluster: &Cluster, node: NodeId) -> Result<(), ClusterError> {
     if node != cluster.id() {
         wait_replicated(cluster, node, index, Duration::from_secs(5)).await;
     }
-    let voter = cluster
-        .raft()
-        .metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .voter_ids()
-        .any(|v| v == node.0);
+    let voter = voter_ids(cluster).contains(&node.0);
     let ids = [node.0].into_iter().collect();
     let change = if voter {
         ChangeMembers::RemoveVoters(ids)
@@ -229,14 +222,7 @@ async fn step_down_if_leaving(cluster: &Cluster) -> Result<bool, ClusterError> {
     if !leaving {
         return Ok(false);
     }
-    let membership = cluster
-        .raft()
-        .metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .clone();
-    let mut voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+    let mut voters = voter_ids(cluster);
     if voters.remove(&me.0) {
         if voters.is_empty() {
             // The only voter: the vote goes to a caught-up learner if there is one; else
@@ -257,6 +243,18 @@ async fn step_down_if_leaving(cluster: &Cluster) -> Result<bool, ClusterError> {
     }
     cluster.raft().runtime_config().heartbeat(false);
     Ok(true)
+}
+
+/// The Raft voters, as this node knows the membership.
+fn voter_ids(cluster: &Cluster) -> BTreeSet<u64> {
+    cluster
+        .raft()
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .collect()
 }
 
 /// An active member that is a learner and has (nearly) all of the leader's log.
@@ -283,15 +281,7 @@ fn caught_up_active_learner(cluster: &Cluster) -> Option<u64> {
 
 /// Makes a caught-up active learner a voter while fewer voters than wanted.
 async fn promote(cluster: &Cluster) -> Result<(), ClusterError> {
-    let voters = cluster
-        .raft()
-        .metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .voter_ids()
-        .count();
-    if voters >= cluster.settings().voters {
+    if voter_ids(cluster).len() >= cluster.settings().voters {
         return Ok(());
     }
     if let Some(id) = caught_up_active_learner(cluster) {

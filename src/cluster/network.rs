@@ -70,13 +70,11 @@ impl Peers {
         Req: Serialize + ?Sized,
         Resp: DeserializeOwned,
     {
-        let request = self
-            .client
-            .post(format!("http://{addr}{path}"))
-            .header(reqwest::header::AUTHORIZATION, &*self.bearer)
-            .json(body)
-            .timeout(timeout);
-        self.send(addr, request).await
+        let body = serde_json::to_vec(body).map_err(|e| PeerError::Decode {
+            addr: addr.to_owned(),
+            reason: format!("cannot encode the request: {e}"),
+        })?;
+        self.post_json_bytes(addr, path, body, timeout).await
     }
 
     /// POSTs `body`, already JSON, to `path` on the node whose cluster listener is `addr`.
