@@ -309,9 +309,6 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks the rules that types alone cannot express.
-    /// What every member of a multi-node cluster must share, since a shard's users' data
-    /// must be readable by whichever node owns it; `None` for the node-local embedded store.
     /// The cluster address this node gives the others, once `listen` is bound to `bound`.
     pub fn cluster_advertised(&self, bound: SocketAddr) -> String {
         let advertise = self.cluster.advertise.trim();
@@ -327,6 +324,8 @@ impl Config {
         }
     }
 
+    /// What every member of a multi-node cluster must share, since a shard's users' data
+    /// must be readable by whichever node owns it; `None` for the node-local embedded store.
     pub fn shared_store(&self) -> Option<String> {
         match self.store.backend {
             StoreBackend::Embedded => None,
@@ -337,6 +336,7 @@ impl Config {
         }
     }
 
+    /// Checks the rules that types alone cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         fn invalid(key: &'static str, reason: impl Into<String>) -> Result<(), ConfigError> {
             Err(ConfigError::Invalid {
@@ -446,7 +446,7 @@ impl Config {
                 ),
             );
         }
-        if cluster.listen.ip().is_unspecified() && cluster.advertise.is_empty() {
+        if cluster.listen.ip().is_unspecified() && cluster.advertise.trim().is_empty() {
             return invalid(
                 "cluster.advertise",
                 format!(
@@ -514,9 +514,14 @@ pub fn threads_or_cores(configured: usize) -> usize {
 mod tests {
     use super::*;
 
+    /// The compiled-in defaults, before validation.
+    fn defaults() -> Config {
+        Figment::from(Toml::string(DEFAULT_TOML)).extract().unwrap()
+    }
+
     #[test]
     fn compiled_in_defaults_are_valid_and_run_a_local_node() {
-        let config: Config = Figment::from(Toml::string(DEFAULT_TOML)).extract().unwrap();
+        let config = defaults();
         config.validate().unwrap();
         assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(config.storage.data_dir, PathBuf::from("./data"));
@@ -536,7 +541,7 @@ mod tests {
 
     #[test]
     fn rendered_config_parses_back() {
-        let config: Config = Figment::from(Toml::string(DEFAULT_TOML)).extract().unwrap();
+        let config = defaults();
         let again: Config = Figment::from(Toml::string(&config.to_toml()))
             .extract()
             .unwrap();
@@ -546,7 +551,7 @@ mod tests {
     #[test]
     fn the_cluster_address_advertised_defaults_to_the_bound_one() {
         let bound: SocketAddr = "0.0.0.0:7080".parse().unwrap();
-        let mut config: Config = Figment::from(Toml::string(DEFAULT_TOML)).extract().unwrap();
+        let mut config = defaults();
         config.cluster.advertise = String::new();
         assert_eq!(config.cluster_advertised(bound), "0.0.0.0:7080");
         config.cluster.advertise = "playstate-1.playstate-cluster".into();
@@ -560,7 +565,7 @@ mod tests {
 
     #[test]
     fn a_wildcard_cluster_listener_needs_an_advertised_address() {
-        let mut config: Config = Figment::from(Toml::string(DEFAULT_TOML)).extract().unwrap();
+        let mut config = defaults();
         config.cluster.listen = "0.0.0.0:7080".parse().unwrap();
         config.cluster.secret = "s".into();
         let error = config.validate().unwrap_err().to_string();

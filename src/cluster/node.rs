@@ -649,8 +649,8 @@ impl Cluster {
         }
     }
 
-    /// Changes the Raft membership (leader only).
-    /// Commits a Raft membership change; `retain` keeps removed voters as learners.
+    /// Commits a Raft membership change (leader only); `retain` keeps removed voters as
+    /// learners.
     pub(super) async fn change_membership(
         &self,
         change: ChangeMembers<u64, NodeAddr>,

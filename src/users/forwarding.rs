@@ -90,10 +90,23 @@ impl Forwarder {
         forwarded: &ForwardedCommand,
     ) -> Result<ForwardedReply, PeerError> {
         let item = serde_json::to_vec(forwarded).expect("a command serializes");
-        if !forwarded.command.is_memory_only() {
-            let replies = self.post(addr, batch_body(std::iter::once(&item))).await?;
-            return only_reply(addr, replies);
+        let (waiter, answer) = oneshot::channel();
+        if forwarded.command.is_memory_only() {
+            self.enqueue(addr, item, waiter);
+        } else {
+            self.deliver(addr, vec![(item, waiter)]).await;
         }
+        answer.await.unwrap_or_else(|_| {
+            Err(PeerError::Unreachable {
+                addr: addr.to_owned(),
+                reason: "the forwarding task stopped".into(),
+            })
+        })
+    }
+
+    /// Puts a stream command in this thread's lane to `addr`, and starts the lane's
+    /// sending task unless it is running.
+    fn enqueue(&self, addr: &str, item: Vec<u8>, waiter: Waiter) {
         let lane = LANES.with(|lanes| {
             let mut lanes = lanes.borrow_mut();
             match lanes.get(addr) {
@@ -101,7 +114,6 @@ impl Forwarder {
                 None => Arc::clone(lanes.entry(Arc::from(addr)).or_default()),
             }
         });
-        let (waiter, answer) = oneshot::channel();
         let start = {
             let mut lane = lane.lock().expect("lane lock");
             lane.pending.push((item, waiter));
@@ -111,12 +123,6 @@ impl Forwarder {
             // Detached: a caller that goes away must not take other callers' batch along.
             tokio::spawn(self.clone().drain(addr.to_owned(), lane));
         }
-        answer.await.unwrap_or_else(|_| {
-            Err(PeerError::Unreachable {
-                addr: addr.to_owned(),
-                reason: "the forwarding task stopped".into(),
-            })
-        })
     }
 
     /// Sends the lane's commands, a batch at a time, until none are waiting.
@@ -131,36 +137,34 @@ impl Forwarder {
                 let n = lane.pending.len().min(MAX_BATCH);
                 lane.pending.drain(..n).collect()
             };
-            let body = batch_body(batch.iter().map(|(item, _)| item));
-            match self.post(&addr, body).await {
-                Ok(replies) if replies.len() == batch.len() => {
-                    for ((_, waiter), reply) in batch.into_iter().zip(replies) {
-                        let _ = waiter.send(Ok(reply));
-                    }
-                }
-                Ok(replies) => {
-                    let e = PeerError::Decode {
-                        addr: addr.clone(),
-                        reason: format!("{} answers to {} commands", replies.len(), batch.len()),
-                    };
-                    for (_, waiter) in batch {
-                        let _ = waiter.send(Err(e.clone()));
-                    }
-                }
-                Err(e) => {
-                    for (_, waiter) in batch {
-                        let _ = waiter.send(Err(e.clone()));
-                    }
-                }
-            }
+            self.deliver(&addr, batch).await;
         }
     }
 
-    async fn post(&self, addr: &str, body: Vec<u8>) -> Result<Vec<ForwardedReply>, PeerError> {
+    /// Sends one batch and hands each waiter its answer (or the batch's failure).
+    async fn deliver(&self, addr: &str, batch: Vec<(Vec<u8>, Waiter)>) {
         self.metrics.cluster.forward_requests.inc();
-        self.peers
+        let body = batch_body(batch.iter().map(|(item, _)| item));
+        let answered: Result<Vec<ForwardedReply>, PeerError> = self
+            .peers
             .post_json_bytes(addr, FORWARD_PATH, body, self.timeout)
-            .await
+            .await;
+        let failure = match answered {
+            Ok(replies) if replies.len() == batch.len() => {
+                for ((_, waiter), reply) in batch.into_iter().zip(replies) {
+                    let _ = waiter.send(Ok(reply));
+                }
+                return;
+            }
+            Ok(replies) => PeerError::Decode {
+                addr: addr.to_owned(),
+                reason: format!("{} answers to {} commands", replies.len(), batch.len()),
+            },
+            Err(e) => e,
+        };
+        for (_, waiter) in batch {
+            let _ = waiter.send(Err(failure.clone()));
+        }
     }
 }
 
@@ -176,18 +180,6 @@ fn batch_body<'a>(items: impl Iterator<Item = &'a Vec<u8>>) -> Vec<u8> {
     }
     body.push(b']');
     body
-}
-
-fn only_reply(addr: &str, replies: Vec<ForwardedReply>) -> Result<ForwardedReply, PeerError> {
-    let count = replies.len();
-    let mut replies = replies.into_iter();
-    match (replies.next(), count) {
-        (Some(reply), 1) => Ok(reply),
-        _ => Err(PeerError::Decode {
-            addr: addr.to_owned(),
-            reason: format!("{count} answers to 1 command"),
-        }),
-    }
 }
 
 #[cfg(test)]

@@ -34,40 +34,38 @@ async fn node(aws: &AwsFixture, id: u64, join: Option<&str>) -> TestNode {
     TestNode::spawn_with(FAST, &args, &env).await
 }
 
-/// `playstate cluster status --json` through `node`.
-fn status(node: &TestNode) -> Value {
+/// `playstate cluster ARGS` with the cluster secret; asserts it succeeded, returns stdout.
+fn cli(args: &[&str]) -> Vec<u8> {
     let output = Command::new(env!("CARGO_BIN_EXE_playstate"))
-        .args([
-            "cluster",
-            "status",
-            "--json",
-            "--cluster-addr",
-            &node.cluster_addr,
-        ])
+        .arg("cluster")
+        .args(args)
         .env("PLAYSTATE_CLUSTER__SECRET", SECRET)
         .output()
-        .expect("run playstate cluster status");
+        .expect("run playstate cluster");
     assert!(
         output.status.success(),
-        "status failed: {}",
+        "playstate cluster {args:?} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    serde_json::from_slice(&output.stdout).expect("status is JSON")
+    output.stdout
+}
+
+/// `playstate cluster status --json` through `node`.
+fn status(node: &TestNode) -> Value {
+    let stdout = cli(&["status", "--json", "--cluster-addr", &node.cluster_addr]);
+    serde_json::from_slice(&stdout).expect("status is JSON")
 }
 
 /// `playstate cluster leave --node-id node` through `via`; asserts it succeeded.
 fn leave(via: &TestNode, node: u64) {
-    let output = Command::new(env!("CARGO_BIN_EXE_playstate"))
-        .args(["cluster", "leave", "--node-id", &node.to_string()])
-        .args(["--cluster-addr", &via.cluster_addr])
-        .env("PLAYSTATE_CLUSTER__SECRET", SECRET)
-        .output()
-        .expect("run playstate cluster leave");
-    assert!(
-        output.status.success(),
-        "leave failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let id = node.to_string();
+    cli(&[
+        "leave",
+        "--node-id",
+        &id,
+        "--cluster-addr",
+        &via.cluster_addr,
+    ]);
 }
 
 fn shard_counts(status: &Value) -> Vec<u64> {
@@ -147,17 +145,8 @@ async fn three_nodes_form_a_cluster_and_share_the_shards() {
             "every node sees one leader"
         );
     }
-    let table = Command::new(env!("CARGO_BIN_EXE_playstate"))
-        .args([
-            "cluster",
-            "status",
-            "--cluster-addr",
-            &nodes[2].cluster_addr,
-        ])
-        .env("PLAYSTATE_CLUSTER__SECRET", SECRET)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&table.stdout);
+    let table = cli(&["status", "--cluster-addr", &nodes[2].cluster_addr]);
+    let text = String::from_utf8_lossy(&table);
     for n in &nodes {
         assert!(text.contains(&n.cluster_addr), "{text}");
     }
