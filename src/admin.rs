@@ -7,8 +7,18 @@ use std::time::Duration;
 use crate::cluster::{Peers, StatusReport};
 
 pub enum AdminCommand {
-    Status { cluster_addr: String, json: bool },
-    Leave { cluster_addr: String, node_id: u64 },
+    Status {
+        cluster_addr: String,
+        json: bool,
+    },
+    /// Removes a node: a live one hands its shards over first; one that is `gone` (never
+    /// returns) loses them to failover. The server does the same for both; only what the
+    /// operator is told differs.
+    Leave {
+        cluster_addr: String,
+        node_id: u64,
+        gone: bool,
+    },
 }
 
 pub fn run(command: AdminCommand) -> ExitCode {
@@ -46,8 +56,16 @@ pub fn run(command: AdminCommand) -> ExitCode {
             AdminCommand::Leave {
                 cluster_addr,
                 node_id,
+                gone,
             } => {
-                eprintln!("node {node_id}: draining its shards, then removing it…");
+                if gone {
+                    eprintln!(
+                        "node {node_id}: its shards go to their backups once the leader has \
+                         not heard from it for cluster.failover_after, then it is removed…"
+                    );
+                } else {
+                    eprintln!("node {node_id}: draining its shards, then removing it…");
+                }
                 let body = serde_json::json!({ "node_id": node_id });
                 match peers
                     .post::<_, serde_json::Value>(
@@ -103,6 +121,20 @@ pub fn render(report: &StatusReport) -> String {
             shards,
             m.player_addr,
             m.cluster_addr
+        );
+    }
+    if !report.unreachable.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nunreachable (no lease renewal for cluster.failover_after): {:?}",
+            report.unreachable
+        );
+    }
+    if !report.lease_valid {
+        let _ = writeln!(
+            out,
+            "\nnode {} holds no ownership lease: it serves none of its shards",
+            report.node_id
         );
     }
     if report.handoffs.is_empty() {

@@ -221,6 +221,17 @@ pub struct ClusterConfig {
     pub election_timeout: Duration,
     /// Raft log entries between snapshots.
     pub snapshot_every: u64,
+    /// How long a node may serve its shards after the leader last renewed its lease.
+    #[serde(with = "humantime_serde")]
+    pub ownership_lease: Duration,
+    /// How long the leader waits without renewing a member's lease before it moves the
+    /// member's shards to their backups (at least 1.5 × `ownership_lease`).
+    #[serde(with = "humantime_serde")]
+    pub failover_after: Duration,
+    /// How often a shard's owner sends new slots and dirty progress to the shard's backup
+    /// (a new slot goes at once).
+    #[serde(with = "humantime_serde")]
+    pub backup_interval: Duration,
     /// How long a planned stop (SIGTERM) waits for this node's shards to be handed over.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
@@ -476,6 +487,26 @@ impl Config {
             return invalid(
                 "cluster.election_timeout",
                 "must be more than twice cluster.heartbeat_interval (and that more than 0)",
+            );
+        }
+        if cluster.ownership_lease < Duration::from_millis(100) {
+            return invalid("cluster.ownership_lease", "must be at least 100ms");
+        }
+        let min_failover = crate::cluster::min_failover_after(cluster.ownership_lease);
+        if cluster.failover_after < min_failover {
+            return invalid(
+                "cluster.failover_after",
+                format!(
+                    "must be at least {} (1.5 × cluster.ownership_lease): a node cut off \
+                     from the leader must have stopped serving before its shards move",
+                    humantime::format_duration(min_failover)
+                ),
+            );
+        }
+        if cluster.backup_interval.is_zero() || cluster.backup_interval >= cluster.ownership_lease {
+            return invalid(
+                "cluster.backup_interval",
+                "must be longer than 0 and shorter than cluster.ownership_lease",
             );
         }
         if cluster.handoff_wait.is_zero() {

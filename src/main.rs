@@ -77,6 +77,17 @@ enum ClusterCommand {
         #[arg(long = "node-id", value_name = "N")]
         node_id: u64,
     },
+    /// Remove a node that will never return (e.g. its machine is gone): its shards go to
+    /// their backups by failover once the leader has not heard from it for
+    /// `cluster.failover_after`, then it is removed. Works on a live node too (as leave).
+    Remove {
+        /// Cluster address (HOST:PORT) of any member.
+        #[arg(long = "cluster-addr", value_name = "HOST:PORT")]
+        cluster_addr: String,
+        /// The node to remove.
+        #[arg(long = "node-id", value_name = "N")]
+        node_id: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -120,6 +131,15 @@ fn admin_command(command: ClusterCommand) -> playstate::admin::AdminCommand {
         } => AdminCommand::Leave {
             cluster_addr,
             node_id,
+            gone: false,
+        },
+        ClusterCommand::Remove {
+            cluster_addr,
+            node_id,
+        } => AdminCommand::Leave {
+            cluster_addr,
+            node_id,
+            gone: true,
         },
     }
 }

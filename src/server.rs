@@ -370,6 +370,8 @@ impl Node {
             flush_interval: config.progress.flush_interval,
             clock: clock.clone(),
             metrics: metrics.clone(),
+            lease: cluster.lease().clone(),
+            backups: Arc::default(),
         });
         let catalog = match config.catalog.kind {
             CatalogKind::None => Catalog::Open,
@@ -439,6 +441,7 @@ impl Node {
         };
         let http_workers = threads_or_cores(config.server.workers);
         let player_state = state.clone();
+        let users = state.users.clone();
         let player = HttpServer::new(move || {
             // Runs on each worker thread as it starts.
             Registry::host_actors_on_this_thread();
@@ -488,13 +491,17 @@ impl Node {
         let mut workers = vec![
             actix_rt::spawn(record_unflushed(services.clone(), marker.clone())),
             actix_rt::spawn(cluster.clone().watch_metrics(metrics.clone())),
+            actix_rt::spawn(crate::cluster::lease::keep_lease(
+                cluster.clone(),
+                metrics.clone(),
+            )),
+            actix_rt::spawn(users.clone().send_backups(config.cluster.backup_interval)),
             actix_rt::spawn(crate::cluster::controller::run(
                 cluster.clone(),
                 metrics.clone(),
             )),
             actix_rt::spawn(follow_shard_table(
-                router,
-                registry.clone(),
+                users,
                 cluster.clone(),
                 metrics,
                 handle.stop.clone(),
@@ -611,6 +618,9 @@ fn cluster_settings(config: &Config) -> ClusterSettings {
         heartbeat_interval: c.heartbeat_interval,
         election_timeout: c.election_timeout,
         snapshot_every: c.snapshot_every,
+        ownership_lease: c.ownership_lease,
+        failover_after: c.failover_after,
+        backup_interval: c.backup_interval,
         secret: c.secret.clone(),
         shared_store: config.shared_store(),
     }
@@ -672,14 +682,16 @@ async fn drain(cluster: &Cluster, timeout: Duration) {
 }
 
 /// Keeps the actors in step with the shard table: serves shards this node gained (or
-/// kept after a move was given up), releases the ones it lost, and notices its removal.
+/// kept after a move was given up), takes over the ones that came by failover from its
+/// backup copy, lets go of the ones it lost, and notices its removal.
 async fn follow_shard_table(
-    router: Router,
-    registry: Registry,
+    users: Users,
     cluster: Cluster,
     metrics: Arc<Metrics>,
     stop: tokio::sync::watch::Sender<Option<StopReason>>,
 ) {
+    let router = users.router().clone();
+    let registry = users.registry().clone();
     let me = router.local();
     let mut owned: Vec<bool> = Vec::new();
     let mut incoming: Vec<bool> = Vec::new();
@@ -693,23 +705,41 @@ async fn follow_shard_table(
         let mut count = 0;
         for index in 0..shards {
             let shard = ShardId(index as u32);
-            let mine = table.owner(shard).is_some_and(|o| o.node == me);
+            let owner = table.owner(shard).filter(|o| o.node == me);
             let moving_in = table.moving_to(shard) == Some(me);
-            if mine {
+            if let Some(owner) = owner {
                 count += 1;
                 let gained = !owned[index];
+                if gained
+                    && owner.by_failover
+                    && let Some(backup) = users.backups().take_for(shard, owner.epoch)
+                {
+                    users.recover_shard(shard, backup).await;
+                }
                 let move_given_up = !table.is_moving(shard);
                 if (gained || move_given_up) && !registry.is_serving(shard) {
                     registry.serve(shard);
                     resumed = true;
                 }
+            } else if owned[index] && registry.is_serving(shard) {
+                // Lost without a handoff: it moved by failover while this node was cut
+                // off, and its new owner holds the backed-up state.
+                tracing::warn!(
+                    shard = index,
+                    "a shard of this node moved by failover; dropping its users' state here"
+                );
+                registry.discard(shard);
             } else if owned[index] || (incoming[index] && !moving_in) {
                 registry.release(shard);
             }
-            owned[index] = mine;
+            owned[index] = owner.is_some();
             incoming[index] = moving_in;
         }
         metrics.cluster.shards_owned.set(count);
+        metrics
+            .cluster
+            .backup_users
+            .set(users.backups().prune(&table, me) as i64);
         let state = cluster.state();
         for member_state in ["active", "draining", "leaving"] {
             let n = state

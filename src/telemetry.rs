@@ -72,6 +72,12 @@ pub struct ClusterMetrics {
     pub shards_moved: IntCounter,
     pub handoff_duration: Histogram,
     pub handoff_waited: IntCounter,
+    pub failover_shards: IntCounter,
+    pub failover_slots_recovered: IntCounter,
+    pub failover_progress_recovered: IntCounter,
+    pub lease_valid: IntGauge,
+    backup_sends: IntCounterVec,
+    pub backup_users: IntGauge,
 }
 
 impl ClusterMetrics {
@@ -133,11 +139,45 @@ impl ClusterMetrics {
                 "playstate_handoff_waited_requests_total",
                 "Requests that waited for a shard being handed over (or for a table).",
             ),
+            failover_shards: counter(
+                "playstate_failover_shards_total",
+                "Shards the leader moved from a member it could not reach to their backups.",
+            ),
+            failover_slots_recovered: counter(
+                "playstate_failover_slots_recovered_total",
+                "Live slots this node took over from its backup copy after a failover.",
+            ),
+            failover_progress_recovered: counter(
+                "playstate_failover_progress_recovered_total",
+                "Unstored progress entries this node stored from its backup copy after a \
+                 failover.",
+            ),
+            lease_valid: gauge(
+                "playstate_cluster_lease_valid",
+                "1 while this node holds its ownership lease (may serve its shards).",
+            ),
+            backup_sends: IntCounterVec::new(
+                Opts::new(
+                    "playstate_backup_sends_total",
+                    "Batches of slot and progress changes sent to backup nodes, by outcome \
+                     (ok, error).",
+                ),
+                &["outcome"],
+            )
+            .expect("valid metric"),
+            backup_users: gauge(
+                "playstate_backup_users",
+                "Users whose slots or unstored progress this node keeps as a backup.",
+            ),
         }
     }
 
     pub fn members(&self, state: &str) -> IntGauge {
         self.members.with_label_values(&[state])
+    }
+
+    pub fn backup_sent(&self, outcome: &str) -> IntCounter {
+        self.backup_sends.with_label_values(&[outcome])
     }
 
     pub fn forwarded(&self, outcome: &str) -> IntCounter {
@@ -157,6 +197,12 @@ impl ClusterMetrics {
             Box::new(self.shards_moved.clone()),
             Box::new(self.handoff_duration.clone()),
             Box::new(self.handoff_waited.clone()),
+            Box::new(self.failover_shards.clone()),
+            Box::new(self.failover_slots_recovered.clone()),
+            Box::new(self.failover_progress_recovered.clone()),
+            Box::new(self.lease_valid.clone()),
+            Box::new(self.backup_sends.clone()),
+            Box::new(self.backup_users.clone()),
         ]
     }
 }
@@ -173,6 +219,7 @@ pub struct Metrics {
     pub flush_duration: Histogram,
     pub flush_failures: IntCounter,
     pub progress_lost: IntCounter,
+    pub failover_progress_discarded: IntCounter,
     bi_events: IntCounterVec,
     pub outbox_depth: IntGauge,
     trailer_messages: IntCounterVec,
@@ -318,6 +365,13 @@ impl Metrics {
                  at the next start) or when the store stayed down through a shutdown.",
             )
             .expect("valid metric"),
+            failover_progress_discarded: IntCounter::new(
+                "playstate_failover_progress_discarded_total",
+                "Unstored progress entries this node dropped because their shard moved by \
+                 failover while it was cut off (the backup's copy was stored instead; at \
+                 most one backup interval of updates is missing from it).",
+            )
+            .expect("valid metric"),
             bi_events: bi_events.clone(),
             outbox_depth: IntGauge::new(
                 "playstate_outbox_depth",
@@ -407,6 +461,7 @@ impl Metrics {
             Box::new(self.flush_duration.clone()),
             Box::new(self.flush_failures.clone()),
             Box::new(self.progress_lost.clone()),
+            Box::new(self.failover_progress_discarded.clone()),
             Box::new(self.outbox_depth.clone()),
             Box::new(self.trailer_cache_entries.clone()),
             Box::new(self.releases.clone()),

@@ -1,12 +1,14 @@
 //! Per-user actors: one `UserActor` per active user owns that user's state, so every
 //! change to one user is serialized without a lock, and different users never contend.
 
+mod backup;
 mod command;
 mod flusher;
 mod registry;
 mod services;
 mod user;
 
+pub use backup::BackupFeed;
 pub use command::{CommandReply, UnexpectedReply, UserCommand};
 pub use flusher::Flusher;
 pub use registry::{ActorSettings, ActorUnavailable, CallError, Registry, Tracked, UserHandoff};

@@ -31,9 +31,9 @@ use actix::{Actor, Addr, Arbiter, ArbiterHandle, Handler, MailboxError, Message}
 
 use super::command::{CommandReply, UserCommand};
 use super::services::UserServices;
-use super::user::{Evacuate, Export, Shutdown, UserActor};
+use super::user::{Discard, Evacuate, Export, Shutdown, Snapshot, UserActor};
 use crate::cluster::ShardId;
-use crate::domain::{StreamSlots, UserId};
+use crate::domain::{StreamSlots, UserBackup, UserId};
 
 #[derive(Clone, Debug)]
 pub struct ActorSettings {
@@ -357,6 +357,41 @@ impl Registry {
             let (stopped, _) = tokio::sync::oneshot::channel();
             entry.addr.do_send(Shutdown { stopped });
         }
+    }
+
+    /// Lets go of a shard that moved by failover while this node was cut off: its actors
+    /// stop without storing anything.
+    pub fn discard(&self, shard: ShardId) {
+        let actors: Vec<Entry> = {
+            let mut write = self.shard(shard).write().expect("not poisoned");
+            write.serving = false;
+            write.actors.drain().map(|(_, entry)| entry).collect()
+        };
+        for entry in actors {
+            entry.addr.do_send(Discard);
+        }
+    }
+
+    /// Everything the shard's backup must hold: each user's slots and unstored progress.
+    pub async fn snapshot(&self, shard: ShardId) -> Vec<(UserId, UserBackup)> {
+        let addrs: Vec<(UserId, Addr<UserActor>)> = {
+            let read = self.shard(shard).read().expect("not poisoned");
+            read.actors
+                .iter()
+                .map(|(user, entry)| (user.clone(), entry.addr.clone()))
+                .collect()
+        };
+        let asks = addrs.into_iter().map(|(user, addr)| async move {
+            let (done, answer) = tokio::sync::oneshot::channel();
+            addr.do_send(Snapshot { done });
+            // An actor that stopped meanwhile held nothing.
+            answer.await.ok().map(|backup| (user, backup))
+        });
+        futures_util::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// Takes over users handed from another node: their actors start holding the slots.

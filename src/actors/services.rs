@@ -4,8 +4,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use super::backup::BackupFeed;
 use super::flusher::Flusher;
 use crate::clock::Clock;
+use crate::cluster::OwnershipLease;
 use crate::events::Outbox;
 use crate::store::UserStore;
 use crate::telemetry::Metrics;
@@ -18,6 +20,10 @@ pub struct UserServices {
     pub flush_interval: Duration,
     pub clock: Clock,
     pub metrics: Arc<Metrics>,
+    /// Progress is stored only while it holds: once it has run out, the shard may be
+    /// about to move by failover, and the new owner stores the backed-up copy.
+    pub lease: Arc<OwnershipLease>,
+    pub backups: Arc<BackupFeed>,
 }
 
 /// How many unflushed progress entries this node may hold: bounds the memory (and the

@@ -19,7 +19,8 @@ use super::registry::Registry;
 use super::services::UserServices;
 use crate::cluster::ShardId;
 use crate::domain::{
-    AssetId, BiEvent, EventRecord, ProgressBook, Seconds, StreamSlots, Timestamp, UserId, Watchlist,
+    AssetId, BiEvent, EventRecord, HeartbeatOutcome, ProgressBook, Seconds, StreamSlots, Timestamp,
+    UserBackup, UserId, Watchlist,
 };
 use crate::store::{ProgressItem, StoreError};
 
@@ -67,9 +68,23 @@ pub struct UserActor {
     services: Arc<UserServices>,
     registry: Registry,
     last_activity: Instant,
+    /// Stopped without storing its progress (see `Discard`).
+    discarded: bool,
 }
 
 type LibraryResult<T> = Result<T, LibraryError>;
+
+/// What changed, for the backup.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// A slot was taken: sent at once, since a crash before it reaches the backup would
+    /// let the user take one slot too many.
+    NewSlot,
+    /// A slot was released or expired.
+    Slots,
+    /// Unstored progress changed (an update, or a flush that stored some).
+    Progress,
+}
 
 impl UserActor {
     pub(super) fn new(
@@ -91,6 +106,7 @@ impl UserActor {
             services: Arc::clone(registry.services()),
             registry,
             last_activity: Instant::now(),
+            discarded: false,
         }
     }
 
@@ -119,6 +135,7 @@ impl UserActor {
             let metrics = &self.services.metrics;
             metrics.slots_expired.inc_by(expired as u64);
             metrics.active_streams.sub(expired as i64);
+            self.back_up(Part::Slots);
         }
     }
 
@@ -149,6 +166,9 @@ impl UserActor {
     /// `viewed` events it carries, on failure keeps it dirty for the next tick.
     fn start_flush(&mut self, ctx: &mut Context<Self>) {
         if self.flushing {
+            return;
+        }
+        if !self.services.lease.is_valid() {
             return;
         }
         let Some(library) = self.library.as_mut() else {
@@ -186,6 +206,7 @@ impl UserActor {
                 Ok(()) => {
                     let cleaned = library.progress.stored(&flush);
                     actor.services.dirty.give_back(cleaned);
+                    actor.back_up(Part::Progress);
                     let now = actor.services.clock.now();
                     let events = flush
                         .viewed
@@ -256,8 +277,8 @@ impl UserActor {
                         &self.slots,
                     ) =>
             {
-                // The successor counts these slots now.
-                self.slots = StreamSlots::default();
+                // Its successor holds the slots now (and counts them from its start, as
+                // this actor stops counting them when it stops).
                 ctx.stop();
             }
             waiting => {
@@ -265,6 +286,22 @@ impl UserActor {
                 ctx.run_later(SETTLE_RETRY, |actor, ctx| actor.settle(ctx));
             }
         }
+    }
+
+    /// Tells the shard's backup node about a change (see `domain::backup`).
+    fn back_up(&self, part: Part) {
+        let feed = &self.services.backups;
+        if !feed.is_enabled() {
+            return;
+        }
+        let change = UserBackup {
+            slots: matches!(part, Part::Slots | Part::NewSlot).then(|| self.slots.clone()),
+            progress: match (part, &self.library) {
+                (Part::Progress, Some(library)) => Some(library.progress.dirty_entries()),
+                _ => None,
+            },
+        };
+        feed.push(self.shard, &self.user, change, part == Part::NewSlot);
     }
 
     fn event(&self, event: BiEvent, at: Timestamp) -> EventRecord {
@@ -345,7 +382,10 @@ impl Actor for UserActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.services.metrics.active_users.inc();
+        let metrics = &self.services.metrics;
+        metrics.active_users.inc();
+        // Slots handed over from another actor or node count here now.
+        metrics.active_streams.add(self.slots.held() as i64);
         ctx.run_interval(self.registry.settings().tick, |actor, ctx| actor.tick(ctx));
     }
 
@@ -359,7 +399,12 @@ impl Actor for UserActor {
             let _ = stopped.send(());
         }
         let unflushed = self.dirty();
-        if unflushed > 0 {
+        if unflushed > 0 && self.discarded {
+            // The shard moved by failover: the new owner stored the backed-up copy, and
+            // storing this one now could overwrite what players did since.
+            metrics.failover_progress_discarded.inc_by(unflushed as u64);
+            self.services.dirty.give_back(unflushed);
+        } else if unflushed > 0 {
             // Only reachable when the store stayed away for the whole shutdown window.
             tracing::error!(user = %self.user, entries = unflushed, "stopped with unflushed progress");
             metrics.progress_lost.inc_by(unflushed as u64);
@@ -381,12 +426,21 @@ impl Handler<UserCommand> for UserActor {
             UserCommand::Heartbeat(request) => {
                 let now = self.now();
                 let answer = self.change_slots(|slots| slots.heartbeat(now, request));
+                if answer
+                    .as_ref()
+                    .is_ok_and(|a| a.outcome == HeartbeatOutcome::Taken)
+                {
+                    self.back_up(Part::NewSlot);
+                }
                 ActorResponse::reply(CommandReply::Heartbeat(answer))
             }
             UserCommand::EndStream { origin, session } => {
                 let now = self.now();
                 let freed =
                     self.change_slots(|slots| slots.release(now, origin, session.as_str(), None));
+                if freed {
+                    self.back_up(Part::Slots);
+                }
                 ActorResponse::reply(CommandReply::Released(freed))
             }
             UserCommand::ListStreams => {
@@ -457,6 +511,7 @@ impl UserActor {
                 progress.delete(asset);
             }
         }
+        self.back_up(Part::Progress);
         Ok(())
     }
 
@@ -558,5 +613,38 @@ impl Handler<Export> for UserActor {
         }
         self.lifecycle = Lifecycle::Exporting(msg.done);
         self.settle(ctx);
+    }
+}
+
+/// Stop at once, storing nothing: the shard went to another node by failover while this
+/// node was cut off (see `Registry::discard`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(super) struct Discard;
+
+impl Handler<Discard> for UserActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Discard, ctx: &mut Context<Self>) {
+        self.discarded = true;
+        ctx.stop();
+    }
+}
+
+/// Everything the backup must have of this user (a full snapshot of the shard).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(super) struct Snapshot {
+    pub done: tokio::sync::oneshot::Sender<UserBackup>,
+}
+
+impl Handler<Snapshot> for UserActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Snapshot, _ctx: &mut Context<Self>) {
+        let _ = msg.done.send(UserBackup {
+            slots: Some(self.slots.clone()),
+            progress: self.library.as_ref().map(|l| l.progress.dirty_entries()),
+        });
     }
 }

@@ -12,11 +12,12 @@ use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use crate::actors::UserHandoff;
+use crate::cluster::lease::{self, LeaseRequest};
 use crate::cluster::rpc::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use crate::cluster::{
     Cluster, ClusterError, ExportDone, ExportRequest, JoinRequest, NodeId, Request, ShardId,
 };
-use crate::users::ForwardedCommand;
+use crate::users::{BackupBatch, ForwardedCommand};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -33,10 +34,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/raft/append", web::post().to(append))
             .route("/raft/vote", web::post().to(vote))
             .route("/raft/snapshot", web::post().to(snapshot))
+            .route("/lease", web::post().to(lease))
+            .route("/backup", web::post().to(backup))
             .route("/forward", web::post().to(forward))
             .route("/handoff/export", web::post().to(export))
             .route("/handoff/import", web::post().to(import))
             .route("/admin/status", web::get().to(status))
+            .route("/admin/route/{user}", web::get().to(route))
             .route("/admin/join", web::post().to(join))
             .route("/admin/leave", web::post().to(leave))
             .route("/admin/drain", web::post().to(drain))
@@ -104,6 +108,23 @@ async fn snapshot(
             .install_snapshot(rpc.into_inner())
             .await,
     )
+}
+
+/// A member asks this node, the leader, to renew its ownership lease.
+async fn lease(state: web::Data<AppState>, request: web::Json<LeaseRequest>) -> HttpResponse {
+    HttpResponse::Ok().json(lease::on_request(&state.cluster, &request))
+}
+
+/// The owner of shards this node backs up sends what changed.
+async fn backup(state: web::Data<AppState>, batch: web::Json<BackupBatch>) -> HttpResponse {
+    let backups = state.users.backups();
+    let answer = backups.receive(batch.into_inner());
+    state
+        .metrics
+        .cluster
+        .backup_users
+        .set(backups.users() as i64);
+    HttpResponse::Ok().json(answer)
 }
 
 /// Runs a batch of forwarded commands at once; answers in the same order.
@@ -206,6 +227,28 @@ async fn import(state: web::Data<AppState>, imports: web::Json<Vec<ShardImport>>
         state.users.registry().install(import.shard, import.users);
     }
     HttpResponse::Ok().json(serde_json::json!({ "status": "imported" }))
+}
+
+/// Where a user's commands go, as this node's table says: for operators tracing one
+/// user, and for tests that need a user of a given node.
+async fn route(state: web::Data<AppState>, user: web::Path<String>) -> HttpResponse {
+    let user = match crate::domain::UserId::parse(&user) {
+        Ok(user) => user,
+        Err(e) => {
+            return HttpResponse::BadRequest().json(serde_json::json!({ "error": e.to_string() }));
+        }
+    };
+    let router = state.users.router();
+    let shard = router.shard_of(&user);
+    let table = router.table();
+    let owner = table.owner(shard);
+    HttpResponse::Ok().json(serde_json::json!({
+        "user": user.as_str(),
+        "shard": shard.0,
+        "owner": owner.map(|o| o.node.0),
+        "epoch": owner.map(|o| o.epoch),
+        "backup": table.backup_of(shard).map(|b| b.0),
+    }))
 }
 
 async fn status(state: web::Data<AppState>) -> HttpResponse {

@@ -1,5 +1,6 @@
-//! What the leader does to keep the cluster in shape: finish moves a previous leader
-//! began, remove members that have left, promote caught-up learners while voters are
+//! What the leader does to keep the cluster in shape: fail over the shards of members
+//! that stopped renewing their leases, finish moves a previous leader began, remove
+//! members that have left, promote caught-up learners while voters are
 //! wanted, and move shards a batch at a time until every active member holds its share.
 //! Every node runs this loop; only the leader acts.
 
@@ -69,6 +70,10 @@ async fn reconcile(cluster: &Cluster, metrics: &Metrics) -> Result<(), ClusterEr
     if step_down_if_leaving(cluster).await? {
         return Ok(());
     }
+    let silent = silent_members(cluster);
+    if state.shards.iter().any(|o| silent.contains(&o.node)) {
+        return failover(cluster, metrics, &silent).await;
+    }
     if !state.moves.is_empty() {
         let moves: Vec<ShardMove> = state.moves.values().copied().collect();
         return drive(cluster, metrics, moves).await;
@@ -83,7 +88,12 @@ async fn reconcile(cluster: &Cluster, metrics: &Metrics) -> Result<(), ClusterEr
     }
     promote(cluster).await?;
     let owners: Vec<NodeId> = state.shards.iter().map(|o| o.node).collect();
-    let moves = balance::plan(&owners, &state.active_members());
+    let live: Vec<NodeId> = state
+        .active_members()
+        .into_iter()
+        .filter(|id| !silent.contains(id))
+        .collect();
+    let moves = balance::plan(&owners, &live);
     if moves.is_empty() {
         return Ok(());
     }
@@ -99,6 +109,82 @@ async fn reconcile(cluster: &Cluster, metrics: &Metrics) -> Result<(), ClusterEr
     // Only the moves the state took: it drops those aimed at a node no longer active.
     let begun: Vec<ShardMove> = cluster.state().moves.values().copied().collect();
     drive(cluster, metrics, begun).await
+}
+
+/// Members the leader has not renewed for `failover_after`: their leases have run out,
+/// so their shards may go to others (see `lease`). Empty unless this node leads.
+pub(super) fn silent_members(cluster: &Cluster) -> BTreeSet<NodeId> {
+    let me = cluster.id();
+    let state = cluster.state();
+    cluster
+        .grants()
+        .silent(
+            state.members.keys().copied().filter(|id| *id != me),
+            cluster.settings().failover_after,
+        )
+        .into_iter()
+        .collect()
+}
+
+/// Moves every shard of the silent members to its backup (or, when the backup is silent
+/// too, to the live member with the fewest shards). The members stay: one that comes
+/// back catches up and gets shards again by rebalancing.
+async fn failover(
+    cluster: &Cluster,
+    metrics: &Metrics,
+    silent: &BTreeSet<NodeId>,
+) -> Result<(), ClusterError> {
+    let state = cluster.state();
+    let live: Vec<NodeId> = state
+        .active_members()
+        .into_iter()
+        .filter(|id| !silent.contains(id))
+        .collect();
+    let mut load: BTreeMap<NodeId, usize> = state
+        .shard_counts()
+        .into_iter()
+        .filter(|(id, _)| live.contains(id))
+        .collect();
+    for node in silent {
+        let mut shards = Vec::new();
+        for (index, owner) in state.shards.iter().enumerate() {
+            if owner.node != *node {
+                continue;
+            }
+            let shard = ShardId(index as u32);
+            let to = state
+                .backup_of(shard)
+                .filter(|b| live.contains(b))
+                .or_else(|| load.iter().min_by_key(|(_, n)| **n).map(|(id, _)| *id));
+            let Some(to) = to else {
+                tracing::error!(
+                    node = node.0,
+                    "failover: no live member can take the shards"
+                );
+                return Ok(());
+            };
+            *load.entry(to).or_default() += 1;
+            shards.push((shard.0, to.0));
+        }
+        if shards.is_empty() {
+            continue;
+        }
+        tracing::warn!(
+            node_id = node.0,
+            shards = shards.len(),
+            silent_for_ms = cluster.settings().failover_after.as_millis() as u64,
+            "failover: a member stopped renewing its lease; its shards go to their backups"
+        );
+        let count = shards.len() as u64;
+        cluster
+            .write(Request::Failover {
+                node: node.0,
+                shards,
+            })
+            .await?;
+        metrics.cluster.failover_shards.inc_by(count);
+    }
+    Ok(())
 }
 
 /// Has the old owners hand the shards over, then commits the new owners (or gives the

@@ -5,10 +5,11 @@
 //! log. Laid out as openraft's examples are: `types` (type configuration and commands),
 //! `log_store` and `state_machine` (storage), `network` (RPC over the cluster listener),
 //! `node` (formation and the management operations), `controller` (what the leader does:
-//! promotions, rebalancing, removals), plus the pure `state`, `balance` and `router`.
+//! promotions, rebalancing, removals, failovers), `lease` (fenced ownership), plus the pure `state`, `balance` and `router`.
 
 pub mod balance;
 pub mod controller;
+pub mod lease;
 mod log_store;
 pub mod network;
 mod node;
@@ -19,6 +20,7 @@ mod trailer_cache;
 mod types;
 
 pub use controller::{ExportDone, ExportRequest};
+pub use lease::{OwnershipLease, min_failover_after};
 pub use network::{PeerError, Peers};
 pub use node::{
     Cluster, ClusterError, ClusterSettings, JoinRequest, Joined, MemberReport, StatusReport,

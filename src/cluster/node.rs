@@ -14,6 +14,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 
+use super::lease::{Grants, OwnershipLease};
 use super::log_store::{LogStore, open_database};
 use super::network::{Network, PeerError, Peers};
 use super::router::{NodeId, Router};
@@ -32,6 +33,9 @@ pub struct ClusterSettings {
     pub heartbeat_interval: Duration,
     pub election_timeout: Duration,
     pub snapshot_every: u64,
+    pub ownership_lease: Duration,
+    pub failover_after: Duration,
+    pub backup_interval: Duration,
     pub secret: String,
     /// The user store every member must share (see `Config::shared_store`); `None` when
     /// this node's store is its own, so that no other node may join.
@@ -99,6 +103,12 @@ pub struct StatusReport {
     pub raft_members: Vec<u64>,
     /// This node's log holds no entry at or below this index: it is in its snapshot.
     pub log_purged_upto: u64,
+    /// Members the leader has not renewed for `failover_after` (known on the leader only).
+    #[serde(default)]
+    pub unreachable: Vec<u64>,
+    /// Whether this node holds its ownership lease.
+    #[serde(default)]
+    pub lease_valid: bool,
 }
 
 /// The answer to a join: where the cluster was when this node was added, so that the
@@ -129,6 +139,10 @@ struct Inner {
     replica: Replica,
     peers: Peers,
     settings: ClusterSettings,
+    /// This node's right to serve its shards now.
+    lease: Arc<OwnershipLease>,
+    /// The leader's side of ownership leases.
+    grants: Grants,
     /// The log index this node must have applied to be ready (0 until it has joined).
     ready_at: AtomicU64,
     /// Why this node could not take its place in the cluster, if it could not.
@@ -191,6 +205,8 @@ impl Cluster {
                 raft,
                 replica,
                 peers,
+                lease: Arc::new(OwnershipLease::new(settings.ownership_lease)),
+                grants: Grants::new(settings.ownership_lease),
                 settings,
                 ready_at: AtomicU64::new(0),
                 formation_error: std::sync::Mutex::new(None),
@@ -216,6 +232,14 @@ impl Cluster {
 
     pub fn settings(&self) -> &ClusterSettings {
         &self.inner.settings
+    }
+
+    pub fn lease(&self) -> &Arc<OwnershipLease> {
+        &self.inner.lease
+    }
+
+    pub(super) fn grants(&self) -> &Grants {
+        &self.inner.grants
     }
 
     pub fn state(&self) -> Arc<ClusterState> {
@@ -484,8 +508,8 @@ impl Cluster {
         }
     }
 
-    /// Whether this node can serve: a member, with a leader known, caught up with what
-    /// was committed when it joined.
+    /// Whether this node can serve: a member, with a leader known and a valid ownership
+    /// lease, caught up with what was committed when it joined.
     pub fn readiness(&self) -> Result<(), String> {
         let ready_at = self.inner.ready_at.load(Ordering::Acquire);
         if ready_at == 0 {
@@ -498,6 +522,9 @@ impl Cluster {
         let metrics = self.inner.raft.metrics().borrow().clone();
         if metrics.current_leader.is_none() {
             return Err("no known leader".into());
+        }
+        if !self.inner.lease.is_valid() {
+            return Err("no ownership lease: the leader has not renewed it (cut off?)".into());
         }
         let applied = metrics.last_applied.map_or(0, |id| id.index);
         if applied < ready_at {
@@ -586,6 +613,11 @@ impl Cluster {
                 .collect(),
             raft_members: membership.nodes().map(|(id, _)| *id).collect(),
             log_purged_upto: metrics.purged.map_or(0, |id| id.index),
+            unreachable: super::controller::silent_members(self)
+                .into_iter()
+                .map(|id| id.0)
+                .collect(),
+            lease_valid: self.inner.lease.is_valid(),
             handoffs: state
                 .moves
                 .values()

@@ -9,7 +9,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
-use super::state::{ClusterState, ShardOwner};
+use super::state::{ClusterState, ShardOwner, backup_among};
 use crate::domain::UserId;
 
 #[derive(
@@ -44,6 +44,8 @@ pub struct ShardTable {
     cluster_addrs: HashMap<NodeId, Arc<str>>,
     /// Shards being handed over, by shard, to whom.
     moving: HashMap<ShardId, NodeId>,
+    /// The backup node of every shard (see `ClusterState::backup_of`).
+    backups: Vec<Option<NodeId>>,
 }
 
 impl ShardTable {
@@ -57,6 +59,15 @@ impl ShardTable {
                 .map(|(id, m)| (*id, Arc::from(m.addr.cluster_addr.as_str())))
                 .collect(),
             moving: state.moves.iter().map(|(s, m)| (*s, m.to)).collect(),
+            backups: {
+                let active = state.active_members();
+                state
+                    .shards
+                    .iter()
+                    .enumerate()
+                    .map(|(s, owner)| backup_among(&active, owner.node, ShardId(s as u32)))
+                    .collect()
+            },
         }
     }
 
@@ -64,9 +75,17 @@ impl ShardTable {
     pub fn single_node(shards: u32, node: NodeId) -> ShardTable {
         ShardTable {
             version: 1,
-            owners: vec![ShardOwner { node, epoch: 1 }; shards as usize],
+            owners: vec![
+                ShardOwner {
+                    node,
+                    epoch: 1,
+                    by_failover: false
+                };
+                shards as usize
+            ],
             cluster_addrs: HashMap::new(),
             moving: HashMap::new(),
+            backups: vec![None; shards as usize],
         }
     }
 
@@ -89,6 +108,15 @@ impl ShardTable {
     /// Where a shard is being moved to, if it is.
     pub fn moving_to(&self, shard: ShardId) -> Option<NodeId> {
         self.moving.get(&shard).copied()
+    }
+
+    /// Whether any shard has a backup (the cluster has more than one active member).
+    pub fn has_backups(&self) -> bool {
+        self.backups.iter().any(Option::is_some)
+    }
+
+    pub fn backup_of(&self, shard: ShardId) -> Option<NodeId> {
+        self.backups.get(shard.0 as usize).copied().flatten()
     }
 
     pub fn shards(&self) -> u32 {

@@ -41,6 +41,10 @@ pub struct Member {
 pub struct ShardOwner {
     pub node: NodeId,
     pub epoch: u64,
+    /// The shard came to `node` by failover (not a handoff): its users' state is in the
+    /// node's backup copy, not in an import.
+    #[serde(default)]
+    pub by_failover: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,6 +115,7 @@ impl ClusterState {
                     ShardOwner {
                         node: NodeId(*id),
                         epoch: 1,
+                        by_failover: false,
                     };
                     *shards as usize
                 ];
@@ -137,6 +142,7 @@ impl ClusterState {
                     {
                         owner.node = m.to;
                         owner.epoch += 1;
+                        owner.by_failover = false;
                     }
                 }
             }
@@ -144,6 +150,27 @@ impl ClusterState {
                 for shard in shards {
                     self.moves.remove(&ShardId(*shard));
                 }
+            }
+            Request::Failover { node, shards } => {
+                let from = NodeId(*node);
+                for (shard, to) in shards {
+                    let shard = ShardId(*shard);
+                    let to = NodeId(*to);
+                    let Some(owner) = self.shards.get_mut(shard.0 as usize) else {
+                        continue;
+                    };
+                    // Only what the silent node still owns, and only to a member.
+                    if owner.node == from && to != from && self.members.contains_key(&to) {
+                        *owner = ShardOwner {
+                            node: to,
+                            epoch: owner.epoch + 1,
+                            by_failover: true,
+                        };
+                        self.moves.remove(&shard);
+                    }
+                }
+                // Nothing moves to a node that cannot take it.
+                self.moves.retain(|_, m| m.to != from);
             }
             // Trailers live beside this state; the state machine stores them.
             Request::PutTrailer { .. } => {}
@@ -164,6 +191,13 @@ impl ClusterState {
         counts
     }
 
+    /// The node that keeps a backup of the shard's users: another active member, spread
+    /// evenly over the others by shard number. `None` when there is no other.
+    pub fn backup_of(&self, shard: ShardId) -> Option<NodeId> {
+        let owner = self.owner(shard)?.node;
+        backup_among(&self.active_members(), owner, shard)
+    }
+
     /// Members that should own shards.
     pub fn active_members(&self) -> Vec<NodeId> {
         self.members
@@ -172,6 +206,19 @@ impl ClusterState {
             .map(|(id, _)| *id)
             .collect()
     }
+}
+
+/// The backup of `shard`, owned by `owner`, among the `active` members (sorted).
+pub fn backup_among(active: &[NodeId], owner: NodeId, shard: ShardId) -> Option<NodeId> {
+    let others = active.len() - usize::from(active.contains(&owner));
+    if others == 0 {
+        return None;
+    }
+    active
+        .iter()
+        .filter(|id| **id != owner)
+        .nth(shard.0 as usize % others)
+        .copied()
 }
 
 fn refused(why: String) -> Response {
@@ -270,6 +317,71 @@ mod tests {
             state.apply(&Request::Remove { id: 1 }),
             Response::Refused(_)
         ));
+    }
+
+    #[test]
+    fn a_failover_moves_only_what_the_silent_node_owns_and_marks_it() {
+        let mut state = two_nodes();
+        state.apply(&Request::BeginMoves {
+            moves: vec![ShardMove {
+                shard: ShardId(1),
+                from: NodeId(1),
+                to: NodeId(2),
+            }],
+        });
+        state.apply(&Request::FinishMoves { shards: vec![1] });
+        state.apply(&Request::BeginMoves {
+            moves: vec![ShardMove {
+                shard: ShardId(2),
+                from: NodeId(1),
+                to: NodeId(2),
+            }],
+        });
+        // Node 1 falls silent: its shards 0 and 2 go to 2; shard 1 is 2's already.
+        state.apply(&Request::Failover {
+            node: 1,
+            shards: vec![(0, 2), (1, 1), (2, 2)],
+        });
+        let owner = |s| state.owner(ShardId(s)).unwrap();
+        assert_eq!(
+            (owner(0).node, owner(0).epoch, owner(0).by_failover),
+            (NodeId(2), 2, true)
+        );
+        assert_eq!(
+            (owner(1).node, owner(1).epoch, owner(1).by_failover),
+            (NodeId(2), 2, false)
+        );
+        assert_eq!(owner(2).node, NodeId(2));
+        assert!(
+            state.moves.is_empty(),
+            "the move of a failed-over shard is over"
+        );
+        assert_eq!(owner(3).node, NodeId(1), "only the shards listed move");
+        // It stays a member: it may come back.
+        assert!(state.members.contains_key(&NodeId(1)));
+    }
+
+    #[test]
+    fn backups_are_other_active_members_spread_by_shard() {
+        let mut state = two_nodes();
+        state.apply(&Request::Join {
+            id: 3,
+            addr: addr(3000),
+        });
+        let backups: Vec<_> = (0..4)
+            .map(|s| state.backup_of(ShardId(s)).unwrap())
+            .collect();
+        assert_eq!(backups, [NodeId(2), NodeId(3), NodeId(2), NodeId(3)]);
+        let alone = {
+            let mut one = ClusterState::default();
+            one.apply(&Request::Join {
+                id: 1,
+                addr: addr(1),
+            });
+            one.apply(&Request::AssignAll { id: 1, shards: 2 });
+            one
+        };
+        assert_eq!(alone.backup_of(ShardId(0)), None);
     }
 
     #[test]

@@ -40,6 +40,10 @@ pub enum Request {
     FinishMoves { shards: Vec<u32> },
     /// Gives up moves that could not be done; the shards stay where they were.
     AbortMoves { shards: Vec<u32> },
+    /// Moves the shards of `node`, which the leader could not reach for
+    /// `failover_after`, each to the node given (its backup when it can be reached); the
+    /// node stays a member. Shards it no longer owns are left alone.
+    Failover { node: u64, shards: Vec<(u32, u64)> },
     /// Stores a trailer entry under its content key.
     PutTrailer { key: String, entry: TrailerEntry },
 }

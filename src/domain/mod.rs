@@ -2,6 +2,7 @@
 //! needs as an argument, which is what makes it cheap to test exhaustively.
 
 pub mod asset;
+pub mod backup;
 pub mod events;
 pub mod ids;
 pub mod policy;
@@ -12,6 +13,7 @@ pub mod trailers;
 pub mod watchlist;
 
 pub use asset::{AssetId, NotAUuid};
+pub use backup::{DirtyProgress, ShardBackup, UserBackup};
 pub use events::{BiEvent, EventRecord};
 pub use ids::{Id, IdError, PlanName, SessionId, StreamId, UserId};
 pub use policy::StreamPolicy;

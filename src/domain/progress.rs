@@ -102,6 +102,15 @@ impl ProgressBook {
         self.dirty
     }
 
+    /// The entries not yet stored, with their values (`None`: a deletion).
+    pub fn dirty_entries(&self) -> Vec<(AssetId, Option<Seconds>)> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| e.dirty)
+            .map(|(asset, e)| (*asset, e.current))
+            .collect()
+    }
+
     /// Records progress; returns whether the entry became dirty (it was clean before).
     pub fn set(&mut self, asset: AssetId, seconds: Seconds) -> bool {
         let entry = self.entries.entry(asset).or_default();

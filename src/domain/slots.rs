@@ -188,6 +188,14 @@ impl StreamSlots {
         before - self.slots.len()
     }
 
+    /// Gives every slot a full lease from `now`: slots recovered from a backup, whose
+    /// renewals the backup never saw. A player that is gone lets it expire once.
+    pub fn refresh(&mut self, now: Timestamp, lease_for: impl Fn(Origin) -> Millis) {
+        for slot in &mut self.slots {
+            slot.expires_at = now.plus(lease_for(slot.origin));
+        }
+    }
+
     /// Slots held, including any that expired since the last sweep.
     pub fn held(&self) -> usize {
         self.slots.len()

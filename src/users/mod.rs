@@ -6,15 +6,17 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod backup;
 mod forwarding;
 
+pub use backup::{BackupAnswer, BackupBatch, BackupHolder};
 use forwarding::Forwarder;
 pub use forwarding::{ForwardedCommand, ForwardedReply};
 
 use crate::actors::{
     ActorUnavailable, CallError, CommandReply, LibraryError, Registry, UnexpectedReply, UserCommand,
 };
-use crate::cluster::{Destination, NodeId, Peers, Router};
+use crate::cluster::{Destination, NodeId, OwnershipLease, Peers, Router};
 use crate::domain::{
     Accepted, AssetId, HeartbeatOutcome, LimitReached, Origin, Seconds, SessionId, Slot,
     SlotRequest, StreamId, StreamPolicy, Timestamp, UserId,
@@ -27,6 +29,11 @@ pub enum UnavailableReason {
     Actor(#[from] ActorUnavailable),
     #[error("the user's shard is being handed over, or this node has no shard table yet")]
     ShardMoving,
+    #[error(
+        "this node's ownership lease has run out (it cannot reach the cluster's leader); \
+         the user's shard is served again once it can, or by another node after failover"
+    )]
+    NoLease,
     #[error("the node that owns the user's shard cannot be reached: {0}")]
     OwnerUnreachable(String),
     #[error(transparent)]
@@ -74,6 +81,11 @@ pub struct Users {
     router: Router,
     registry: Registry,
     forwarder: Forwarder,
+    peers: Peers,
+    /// Commands for local shards run only while it holds.
+    lease: Arc<OwnershipLease>,
+    /// What this node keeps as the backup of other nodes' shards.
+    backups: Arc<BackupHolder>,
     policy: Arc<StreamPolicy>,
     metrics: Arc<Metrics>,
     /// How long a command waits for a shard being handed over.
@@ -90,10 +102,14 @@ impl Users {
         handoff_wait: Duration,
     ) -> Users {
         let forward_timeout = registry.settings().call_timeout + Duration::from_secs(1);
+        let lease = Arc::clone(&registry.services().lease);
         Users {
             router,
             registry,
-            forwarder: Forwarder::new(peers, forward_timeout, Arc::clone(&metrics)),
+            forwarder: Forwarder::new(peers.clone(), forward_timeout, Arc::clone(&metrics)),
+            peers,
+            lease,
+            backups: Arc::default(),
             policy: Arc::new(policy),
             metrics,
             handoff_wait,
@@ -106,6 +122,16 @@ impl Users {
 
     pub fn router(&self) -> &Router {
         &self.router
+    }
+
+    pub fn backups(&self) -> &BackupHolder {
+        &self.backups
+    }
+
+    /// Sends this node's backup changes for the node's life (see `backup`).
+    pub async fn send_backups(self, interval: Duration) {
+        let peers = self.peers.clone();
+        backup::send_backups(self, peers, interval).await
     }
 
     /// The limit that applies to a user on this plan.
@@ -244,6 +270,9 @@ impl Users {
             // Subscribed before routing, so a change in between is not missed.
             let mut changes = self.router.subscribe();
             match self.router.route(user) {
+                Destination::Local { .. } if !self.lease.is_valid() => {
+                    return Err(UnavailableReason::NoLease);
+                }
                 Destination::Local { shard, .. } => {
                     match self.registry.call(shard, user, command).await {
                         Ok(reply) => return Ok(reply),
@@ -331,6 +360,9 @@ impl Users {
                 Some(owner) if owner.epoch > epoch => return ForwardedReply::Moved,
                 Some(owner) if owner.epoch == epoch && owner.node != self.router.local() => {
                     return ForwardedReply::Moved;
+                }
+                Some(owner) if owner.epoch == epoch && !self.lease.is_valid() => {
+                    return ForwardedReply::Unavailable(UnavailableReason::NoLease.to_string());
                 }
                 Some(owner) if owner.epoch == epoch => {
                     match self.registry.call(shard, &user, command).await {

@@ -13,10 +13,10 @@ use serde_json::{Value, json};
 use super::aws::{AwsFixture, endpoint};
 use super::helpers::{TestNode, eventually, sessions, user};
 
-const SECRET: &str = "cluster-test-secret";
+pub(super) const SECRET: &str = "cluster-test-secret";
 
 /// Small timeouts, so a test spends its time on behaviour, not on waiting.
-const FAST: &str = r#"
+pub(super) const FAST: &str = r#"
 [cluster]
 heartbeat_interval = "100ms"
 election_timeout = "800ms"
@@ -25,17 +25,29 @@ handoff_wait = "5s"
 
 /// Node `id` of the test cluster whose members share `aws`'s table.
 async fn node(aws: &AwsFixture, id: u64, join: Option<&str>) -> TestNode {
+    node_with(aws, FAST, id, join, &[]).await
+}
+
+/// As `node`, with its own configuration and extra environment.
+pub(super) async fn node_with(
+    aws: &AwsFixture,
+    config: &str,
+    id: u64,
+    join: Option<&str>,
+    extra_env: &[(&'static str, &str)],
+) -> TestNode {
     let mut args = vec!["--node-id".to_owned(), id.to_string()];
     if let Some(join) = join {
         args.extend(["--join".to_owned(), join.to_owned()]);
     }
     let mut env = aws.store_env();
     env.push(("PLAYSTATE_CLUSTER__SECRET", SECRET));
-    TestNode::spawn_with(FAST, &args, &env).await
+    env.extend_from_slice(extra_env);
+    TestNode::spawn_with(config, &args, &env).await
 }
 
 /// `playstate cluster ARGS` with the cluster secret; asserts it succeeded, returns stdout.
-fn cli(args: &[&str]) -> Vec<u8> {
+pub(super) fn cli(args: &[&str]) -> Vec<u8> {
     let output = Command::new(env!("CARGO_BIN_EXE_playstate"))
         .arg("cluster")
         .args(args)
@@ -51,7 +63,7 @@ fn cli(args: &[&str]) -> Vec<u8> {
 }
 
 /// `playstate cluster status --json` through `node`.
-fn status(node: &TestNode) -> Value {
+pub(super) fn status(node: &TestNode) -> Value {
     let stdout = cli(&["status", "--json", "--cluster-addr", &node.cluster_addr]);
     serde_json::from_slice(&stdout).expect("status is JSON")
 }
@@ -68,7 +80,7 @@ fn leave(via: &TestNode, node: u64) {
     ]);
 }
 
-fn shard_counts(status: &Value) -> Vec<u64> {
+pub(super) fn shard_counts(status: &Value) -> Vec<u64> {
     let mut counts: Vec<u64> = status["shards"]
         .as_object()
         .expect("shards")
@@ -80,7 +92,7 @@ fn shard_counts(status: &Value) -> Vec<u64> {
 }
 
 /// Waits until `node` sees `members` members, a leader, no moves, and balanced shards.
-async fn settled(node: &TestNode, members: usize) -> Value {
+pub(super) async fn settled(node: &TestNode, members: usize) -> Value {
     eventually("the cluster to settle", || async {
         let s = status(node);
         let counts: Vec<u64> = shard_counts(&s).into_iter().filter(|c| *c > 0).collect();
@@ -95,7 +107,7 @@ async fn settled(node: &TestNode, members: usize) -> Value {
     .await
 }
 
-async fn ready(node: &TestNode) {
+pub(super) async fn ready(node: &TestNode) {
     eventually("the node to be ready", || async {
         (node.get("/ready").await.status() == 200).then_some(())
     })
@@ -116,7 +128,7 @@ async fn three_nodes(aws: &AwsFixture) -> Vec<TestNode> {
     nodes
 }
 
-async fn heartbeat(node: &TestNode, user: &str, session: &str) -> u16 {
+pub(super) async fn heartbeat(node: &TestNode, user: &str, session: &str) -> u16 {
     node.as_user(Method::PUT, &format!("/v1/streams/{session}"), user)
         .json(&json!({ "streamId": "film" }))
         .send()

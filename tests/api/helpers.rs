@@ -319,6 +319,14 @@ impl TestNode {
         }
     }
 
+    /// SIGKILL: the node dies at once, as in a crash (its data dir stays).
+    pub fn crash(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// SIGTERM and wait; panics unless the node exits 0 within the deadline.
     pub fn stop(&mut self) {
         let Some(child) = self.child.take() else {

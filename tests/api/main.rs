@@ -3,11 +3,13 @@
 
 mod aws;
 mod cluster;
+mod failover;
 mod helpers;
 mod library;
 mod library_dynamo;
 mod loadtest;
 mod ops;
 mod outage;
+mod proxy;
 mod streams;
 mod trailers;

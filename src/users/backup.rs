@@ -1,0 +1,257 @@
+//! Slot backups between nodes: each shard's owner sends its users' slots and unstored
+//! progress to the shard's backup node (see `domain::backup` for what is kept, and
+//! `actors::BackupFeed` for how actors leave their changes), and the backup node, when
+//! the shard comes to it by failover, stores the progress and holds the slots before it
+//! serves the shard. So a crash frees no live slot that reached the backup, and loses
+//! at most one backup interval of progress.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::Users;
+use crate::actors::UserHandoff;
+use crate::cluster::{NodeId, Peers, ShardId, ShardTable};
+use crate::domain::{ShardBackup, UserBackup, UserId, backup::needs_snapshot};
+use crate::store::ProgressItem;
+
+const BACKUP_PATH: &str = "/cluster/backup";
+
+/// Changes to the shards one node backs up for the sender.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BackupBatch {
+    pub shards: Vec<ShardChanges>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ShardChanges {
+    pub shard: ShardId,
+    /// The shard's epoch at the sender, its owner.
+    pub epoch: u64,
+    /// A full snapshot, replacing whatever the backup kept of the shard.
+    pub full: bool,
+    pub users: Vec<(UserId, UserBackup)>,
+}
+
+/// The backup's answer: shards whose changes it could not take, for want of a snapshot
+/// at that epoch (it restarted, or it is new to the shard).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct BackupAnswer {
+    pub snapshot_wanted: Vec<ShardId>,
+}
+
+/// What this node keeps as the backup of other nodes' shards.
+#[derive(Default)]
+pub struct BackupHolder {
+    shards: Mutex<HashMap<ShardId, ShardBackup>>,
+}
+
+impl BackupHolder {
+    pub fn receive(&self, batch: BackupBatch) -> BackupAnswer {
+        let mut kept = self.shards.lock().expect("not poisoned");
+        let mut answer = BackupAnswer::default();
+        for changes in batch.shards {
+            let current = kept.get_mut(&changes.shard);
+            if changes.full {
+                if current.is_none_or(|c| c.epoch <= changes.epoch) {
+                    kept.insert(
+                        changes.shard,
+                        ShardBackup::snapshot(changes.epoch, changes.users),
+                    );
+                }
+            } else if needs_snapshot(current.as_deref(), changes.epoch) {
+                answer.snapshot_wanted.push(changes.shard);
+            } else if let Some(current) = current {
+                current.apply(changes.users);
+            }
+        }
+        answer
+    }
+
+    /// Users kept, over all shards.
+    pub fn users(&self) -> usize {
+        let kept = self.shards.lock().expect("not poisoned");
+        kept.values().map(|b| b.users.len()).sum()
+    }
+
+    /// The copy of a shard that came here by failover from its owner at an epoch before
+    /// `epoch`.
+    pub fn take_for(&self, shard: ShardId, epoch: u64) -> Option<ShardBackup> {
+        let mut kept = self.shards.lock().expect("not poisoned");
+        match kept.get(&shard) {
+            Some(backup) if backup.epoch < epoch => kept.remove(&shard),
+            _ => None,
+        }
+    }
+
+    /// Forgets shards this node no longer backs up (or kept at an epoch that is over);
+    /// returns how many users it still keeps.
+    pub fn prune(&self, table: &ShardTable, me: NodeId) -> usize {
+        let mut kept = self.shards.lock().expect("not poisoned");
+        kept.retain(|shard, backup| {
+            table.backup_of(*shard) == Some(me)
+                && table.owner(*shard).is_some_and(|o| backup.epoch >= o.epoch)
+        });
+        drop(kept);
+        self.users()
+    }
+}
+
+/// Runs for the node's life: every `interval` (or at once when a slot was taken), sends
+/// what changed on the shards this node owns to their backups.
+pub(super) async fn send_backups(users: Users, peers: Peers, interval: Duration) {
+    let feed = std::sync::Arc::clone(&users.registry().services().backups);
+    let me = users.router().local();
+    // Shards whose backup has everything up to now: (backup node, epoch) it was sent at.
+    let mut synced: HashMap<ShardId, (NodeId, u64)> = HashMap::new();
+    let timeout = interval.max(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = feed.urgent() => {}
+        }
+        let table = users.router().table();
+        let any_backup = table.has_backups();
+        feed.set_enabled(any_backup);
+        let mut changed: HashMap<ShardId, Vec<(UserId, UserBackup)>> = HashMap::new();
+        for (shard, user, change) in feed.take() {
+            changed.entry(shard).or_default().push((user, change));
+        }
+        if !any_backup {
+            synced.clear();
+            continue;
+        }
+        let mut batches: HashMap<NodeId, Vec<ShardChanges>> = HashMap::new();
+        for shard in table.owned_by(me).collect::<Vec<_>>() {
+            let (Some(backup), Some(owner)) = (table.backup_of(shard), table.owner(shard)) else {
+                continue;
+            };
+            let changes = changed.remove(&shard);
+            let full = synced.get(&shard) != Some(&(backup, owner.epoch));
+            let users = if full {
+                // Taken after the changes above, so it holds them all.
+                users.registry().snapshot(shard).await
+            } else {
+                match changes {
+                    Some(changes) => changes,
+                    None => continue,
+                }
+            };
+            synced.insert(shard, (backup, owner.epoch));
+            batches.entry(backup).or_default().push(ShardChanges {
+                shard,
+                epoch: owner.epoch,
+                full,
+                users,
+            });
+        }
+        let sends = batches.into_iter().map(|(node, shards)| {
+            let addr = table.cluster_addr(node).cloned();
+            let peers = &peers;
+            async move {
+                let sent: Vec<ShardId> = shards.iter().map(|c| c.shard).collect();
+                let answer = match addr {
+                    Some(addr) => peers
+                        .post::<_, BackupAnswer>(
+                            &addr,
+                            BACKUP_PATH,
+                            &BackupBatch { shards },
+                            timeout,
+                        )
+                        .await
+                        .map_err(|e| e.to_string()),
+                    None => Err(format!("node {node} has no address")),
+                };
+                (node, sent, answer)
+            }
+        });
+        let metrics = &users.registry().services().metrics.cluster;
+        for (node, sent, answer) in futures_util::future::join_all(sends).await {
+            match answer {
+                Ok(answer) => {
+                    metrics.backup_sent("ok").inc();
+                    for shard in answer.snapshot_wanted {
+                        synced.remove(&shard);
+                    }
+                }
+                Err(e) => {
+                    // Whatever it missed goes again as a snapshot.
+                    metrics.backup_sent("error").inc();
+                    tracing::debug!(node = node.0, error = %e, "backup not sent; will resend");
+                    for shard in sent {
+                        synced.remove(&shard);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Users {
+    /// Takes over a shard that came here by failover: stores the backed-up progress (its
+    /// old owner may have crashed before storing it), then holds the backed-up slots with
+    /// fresh leases. Waits out a store outage: the shard is not served until both are
+    /// done, so nobody reads progress older than what was acknowledged.
+    pub async fn recover_shard(&self, shard: ShardId, backup: ShardBackup) {
+        let services = self.registry.services();
+        let progress: Vec<ProgressItem> = backup
+            .users
+            .iter()
+            .flat_map(|(user, kept)| {
+                kept.progress
+                    .iter()
+                    .flatten()
+                    .map(|(asset, seconds)| ProgressItem {
+                        user: user.clone(),
+                        asset: *asset,
+                        seconds: *seconds,
+                    })
+            })
+            .collect();
+        let mut attempt = 0u32;
+        while !progress.is_empty() {
+            match services.flusher.write(progress.clone()).await {
+                Ok(()) => break,
+                Err(e) => {
+                    attempt += 1;
+                    tracing::warn!(shard = shard.0, error = %e, "cannot store recovered progress yet; the shard waits");
+                    tokio::time::sleep(crate::retry::backoff(
+                        attempt,
+                        Duration::from_millis(200),
+                        Duration::from_secs(5),
+                    ))
+                    .await;
+                }
+            }
+        }
+        let now = services.clock.now();
+        let handoffs: Vec<UserHandoff> = backup
+            .users
+            .into_iter()
+            .filter_map(|(user, kept)| {
+                let mut slots = kept.slots.filter(|s| s.held() > 0)?;
+                slots.refresh(now, |origin| self.policy.lease_for(origin));
+                Some(UserHandoff { user, slots })
+            })
+            .collect();
+        let slots: usize = handoffs.iter().map(|h| h.slots.held()).sum();
+        let metrics = &services.metrics;
+        metrics
+            .cluster
+            .failover_slots_recovered
+            .inc_by(slots as u64);
+        metrics
+            .cluster
+            .failover_progress_recovered
+            .inc_by(progress.len() as u64);
+        tracing::info!(
+            shard = shard.0,
+            slots,
+            progress = progress.len(),
+            "took over a shard by failover from its backup copy"
+        );
+        self.registry.install(shard, handoffs);
+    }
+}

@@ -1,0 +1,239 @@
+//! Unplanned changes with real node processes: a node killed with SIGKILL (a follower, the
+//! leader), a node cut off from the others, a crashed node restarted on its data dir.
+//! Each checks what a crash must never do: free the live slots of the crashed node's
+//! users (the limit must hold across it), lose an acknowledged watchlist edit, or lose
+//! progress acknowledged more than one backup interval before the crash.
+
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use super::aws::{AwsFixture, endpoint};
+use super::cluster::{SECRET, heartbeat, node_with, ready, settled, status};
+use super::helpers::{TestNode, asset, eventually, sessions, user};
+
+/// Short leases so that a failover takes seconds; progress is never flushed on its own
+/// during a test, so what survives a crash came through the backup.
+const FAILOVER: &str = r#"
+[cluster]
+heartbeat_interval = "100ms"
+election_timeout = "800ms"
+handoff_wait = "5s"
+ownership_lease = "2s"
+failover_after = "3s"
+backup_interval = "200ms"
+[progress]
+flush_interval = "60s"
+[actors]
+tick = "100ms"
+"#;
+
+/// How long a test waits for a failover: `failover_after`, an election, and room for a
+/// loaded 2-core machine.
+const FAILOVER_WAIT: Duration = Duration::from_secs(40);
+
+async fn three_nodes(aws: &AwsFixture) -> Vec<TestNode> {
+    let first = node_with(aws, FAILOVER, 1, None, &[]).await;
+    ready(&first).await;
+    let join = first.cluster_addr.clone();
+    let second = node_with(aws, FAILOVER, 2, Some(&join), &[]).await;
+    let third = node_with(aws, FAILOVER, 3, Some(&join), &[]).await;
+    let nodes = vec![first, second, third];
+    for n in &nodes {
+        ready(n).await;
+    }
+    settled(&nodes[0], 3).await;
+    nodes
+}
+
+/// Where `via`'s table routes `user`: owner, backup, shard, epoch.
+async fn route(via: &TestNode, user: &str) -> Value {
+    via.client
+        .get(format!(
+            "http://{}/cluster/admin/route/{user}",
+            via.cluster_addr
+        ))
+        .bearer_auth(SECRET)
+        .send()
+        .await
+        .expect("route")
+        .json()
+        .await
+        .expect("route is JSON")
+}
+
+/// `count` new users whose shard `node` owns.
+async fn users_of(via: &TestNode, node: u64, count: usize) -> Vec<String> {
+    let mut found = Vec::new();
+    while found.len() < count {
+        let candidate = user();
+        if route(via, &candidate).await["owner"] == json!(node) {
+            found.push(candidate);
+        }
+    }
+    found
+}
+
+async fn metric_sum(nodes: &[&TestNode], series: &str) -> f64 {
+    let mut sum = 0.0;
+    for n in nodes {
+        sum += n.metric(series).await;
+    }
+    sum
+}
+
+/// What the test acknowledged for the victim's users before the crash.
+struct Acknowledged {
+    /// Holds three slots (the limit).
+    at_limit: String,
+    sessions: Vec<String>,
+    /// Each with progress on `asset` and `asset` on the watchlist.
+    readers: Vec<(String, u64)>,
+    asset: String,
+}
+
+/// Gives the victim's users slots, progress and watchlist entries through the other
+/// nodes, and waits until their backups hold all of it.
+async fn acknowledge(victim: u64, survivors: &[&TestNode]) -> Acknowledged {
+    let via = survivors[0];
+    let mut users = users_of(via, victim, 4).await;
+    let at_limit = users.pop().unwrap();
+    let sessions: Vec<String> = (0..3).map(|i| format!("held-{i}")).collect();
+    for (i, session) in sessions.iter().enumerate() {
+        let through = survivors[i % survivors.len()];
+        assert_eq!(heartbeat(through, &at_limit, session).await, 200);
+    }
+    assert_eq!(heartbeat(via, &at_limit, "one-too-many").await, 429);
+    let asset = asset();
+    let mut readers = Vec::new();
+    for (i, reader) in users.into_iter().enumerate() {
+        let through = survivors[i % survivors.len()];
+        let seconds = 100 + i as u64;
+        let put = through
+            .as_user(Method::PUT, &format!("/v1/progress/{asset}"), &reader)
+            .json(&json!({ "progress": seconds }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(put.status(), 200);
+        let listed = through
+            .as_user(Method::PUT, &format!("/v1/watchlist/{asset}"), &reader)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(listed.status(), 200);
+        readers.push((reader, seconds));
+    }
+    // Acknowledged and backed up: from here a crash must lose none of it.
+    eventually("the backups to hold the victim's users", || async {
+        (metric_sum(survivors, "playstate_backup_users").await >= 4.0).then_some(())
+    })
+    .await;
+    Acknowledged {
+        at_limit,
+        sessions,
+        readers,
+        asset,
+    }
+}
+
+/// Tries a 4th session of the user at the limit through `via` until the shard is served
+/// again (429), asserting it is never accepted meanwhile; returns how long that took.
+async fn refused_until_served(via: &TestNode, at_limit: &str) -> Duration {
+    let started = Instant::now();
+    loop {
+        let status = heartbeat(via, at_limit, "fourth").await;
+        assert_ne!(
+            status, 200,
+            "a 4th session was accepted during the failover"
+        );
+        if status == 429 {
+            return started.elapsed();
+        }
+        assert_eq!(status, 503, "while the shard has no live owner");
+        assert!(
+            started.elapsed() < FAILOVER_WAIT,
+            "the shard was not served again within {FAILOVER_WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Everything acknowledged is there, through every survivor.
+async fn assert_kept(acked: &Acknowledged, survivors: &[&TestNode]) {
+    for via in survivors {
+        let mut held = sessions(via, &acked.at_limit).await;
+        held.sort();
+        assert_eq!(held, acked.sessions, "slots held through {}", via.addr);
+        assert_eq!(heartbeat(via, &acked.at_limit, "fourth").await, 429);
+        for (reader, seconds) in &acked.readers {
+            assert_eq!(
+                via.get_json(&format!("/v1/progress/{}", acked.asset), reader)
+                    .await,
+                json!({ "asset": acked.asset, "progress": seconds }),
+                "progress of {reader}"
+            );
+            let list = via.get_json("/v1/watchlist", reader).await;
+            assert_eq!(
+                list[0]["asset"],
+                json!(acked.asset),
+                "watchlist of {reader}"
+            );
+        }
+    }
+}
+
+async fn crash_keeps_what_was_acknowledged(crash_the_leader: bool) {
+    let aws = AwsFixture::new(&endpoint()).await;
+    let mut nodes = three_nodes(&aws).await;
+    let leader = status(&nodes[0])["leader"].as_u64().unwrap();
+    let victim = (1..=3u64)
+        .find(|id| (*id == leader) == crash_the_leader)
+        .unwrap();
+    let mut victim_node = nodes.remove(victim as usize - 1);
+    let survivors: Vec<&TestNode> = nodes.iter().collect();
+    let acked = acknowledge(victim, &survivors).await;
+
+    victim_node.crash();
+    let outage = refused_until_served(survivors[0], &acked.at_limit).await;
+    eprintln!("the crashed node's shard was served again after {outage:?}");
+    refused_until_served(survivors[1], &acked.at_limit).await;
+    assert_kept(&acked, &survivors).await;
+
+    let s = status(survivors[0]);
+    let new_leader = s["leader"].as_u64().expect("a leader");
+    assert_ne!(new_leader, victim);
+    assert!(
+        s["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == json!(victim)),
+        "the crashed node stays a member: it may come back; {s}"
+    );
+    assert_eq!(s["shards"][victim.to_string()], json!(0), "{s}");
+    assert!(metric_sum(&survivors, "playstate_failover_slots_recovered_total").await >= 3.0);
+    assert!(
+        metric_sum(&survivors, "playstate_failover_progress_recovered_total").await
+            >= acked.readers.len() as f64
+    );
+    assert!(metric_sum(&survivors, "playstate_failover_shards_total").await > 0.0);
+
+    // It comes back on its data dir: it catches up, gets shards again, nothing is lost.
+    let back = victim_node.start_again().await;
+    ready(&back).await;
+    settled(survivors[0], 3).await;
+    let all: Vec<&TestNode> = survivors.iter().copied().chain([&back]).collect();
+    assert_kept(&acked, &all).await;
+}
+
+#[tokio::test]
+async fn a_crashed_follower_frees_no_slot_and_loses_nothing_acknowledged() {
+    crash_keeps_what_was_acknowledged(false).await;
+}
+
+#[tokio::test]
+async fn a_crashed_leader_is_replaced_and_frees_no_slot() {
+    crash_keeps_what_was_acknowledged(true).await;
+}
