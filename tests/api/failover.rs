@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use super::aws::{AwsFixture, endpoint};
 use super::cluster::{SECRET, heartbeat, node_with, ready, settled, status};
 use super::helpers::{TestNode, asset, eventually, sessions, user};
+use super::proxy::Proxy;
 
 /// Short leases so that a failover takes seconds; progress is never flushed on its own
 /// during a test, so what survives a crash came through the backup.
@@ -236,4 +237,101 @@ async fn a_crashed_follower_frees_no_slot_and_loses_nothing_acknowledged() {
 #[tokio::test]
 async fn a_crashed_leader_is_replaced_and_frees_no_slot() {
     crash_keeps_what_was_acknowledged(true).await;
+}
+
+/// Node `id` behind `proxy`: the others reach it only through the proxy.
+async fn proxied_node(
+    aws: &AwsFixture,
+    proxy: &Proxy,
+    id: u64,
+    join: Option<&str>,
+) -> TestNode {
+    let advertise = proxy.addr().to_string();
+    let node = node_with(
+        aws,
+        FAILOVER,
+        id,
+        join,
+        &[("PLAYSTATE_CLUSTER__ADVERTISE", advertise.as_str())],
+    )
+    .await;
+    proxy.set_upstream(node.cluster_addr.parse().expect("a socket address"));
+    node
+}
+
+/// A partition made with a TCP proxy of the test's own in front of every node's cluster
+/// listener (see `proxy` for why a proxy rather than network namespaces): the node cut
+/// off is the leader, the hardest case, since it goes on believing it leads.
+#[tokio::test]
+async fn a_node_cut_off_stops_serving_before_the_others_take_its_shards() {
+    let aws = AwsFixture::new(&endpoint()).await;
+    let proxies: Vec<Proxy> = (0..3).map(|_| Proxy::start_without_upstream()).collect();
+    let first = proxied_node(&aws, &proxies[0], 1, None).await;
+    ready(&first).await;
+    let join = proxies[0].addr().to_string();
+    let mut nodes = vec![first];
+    for id in 2..=3u64 {
+        nodes.push(proxied_node(&aws, &proxies[id as usize - 1], id, Some(&join)).await);
+    }
+    for n in &nodes {
+        ready(n).await;
+    }
+    settled(&nodes[0], 3).await;
+    let cut_off = status(&nodes[0])["leader"].as_u64().unwrap();
+    let x = cut_off as usize - 1;
+    let majority: Vec<&TestNode> = (0..3).filter(|i| *i != x).map(|i| &nodes[i]).collect();
+    let acked = acknowledge(cut_off, &majority).await;
+
+    let pid = nodes[x].pid().unwrap();
+    proxies[x].cut();
+    for (i, proxy) in proxies.iter().enumerate() {
+        if i != x {
+            proxy.cut_from(pid);
+        }
+    }
+    let cut_at = Instant::now();
+    // A 4th session of the user at the limit, through both sides, until the cut-off node
+    // has stopped serving and the majority serves the shard: never accepted.
+    let (mut stopped, mut served) = (None, None);
+    while stopped.is_none() || served.is_none() {
+        assert!(
+            cut_at.elapsed() < FAILOVER_WAIT,
+            "no failover within {FAILOVER_WAIT:?}"
+        );
+        let inside = heartbeat(&nodes[x], &acked.at_limit, "fourth").await;
+        let outside = heartbeat(majority[0], &acked.at_limit, "fourth").await;
+        assert_ne!(inside, 200, "accepted by the cut-off node");
+        assert_ne!(outside, 200, "accepted by the majority");
+        if inside == 503 && stopped.is_none() {
+            stopped = Some(cut_at.elapsed());
+        }
+        if stopped.is_some() {
+            assert_eq!(inside, 503, "the cut-off node served again while cut off");
+        }
+        if outside == 429 && served.is_none() {
+            served = Some(cut_at.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (stopped, served) = (stopped.unwrap(), served.unwrap());
+    eprintln!("cut off: stopped serving after {stopped:?}, the majority served after {served:?}");
+    assert!(
+        stopped < served,
+        "the majority served the shard ({served:?}) before the cut-off node stopped ({stopped:?})"
+    );
+    let inside = status(&nodes[x]);
+    assert_eq!(inside["lease_valid"], json!(false), "{inside}");
+    let outside = status(majority[0]);
+    assert_ne!(outside["leader"], json!(cut_off), "a new leader: {outside}");
+
+    proxies.iter().for_each(Proxy::heal);
+    // It catches up, learns its shards moved, and gets a share back by rebalancing.
+    eventually("the healed node to catch up", || async {
+        let s = status(&nodes[x]);
+        (s["leader"] == outside["leader"] && s["lease_valid"] == json!(true)).then_some(())
+    })
+    .await;
+    settled(majority[0], 3).await;
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    assert_kept(&acked, &all).await;
 }
