@@ -40,11 +40,13 @@ impl Scenario {
 /// Options every scenario takes.
 #[derive(Args, Debug, Clone)]
 pub struct Common {
-    /// Base URL of a playstate node; repeat for several nodes (connections are spread
-    /// round-robin). Must be a loopback address.
+    /// Base URL of a playstate node; for several nodes repeat it or give a comma-separated
+    /// list. `heartbeat` deals its connections round-robin over them; in `players` viewer
+    /// `v` stays with target `v % targets` all run long. Must be a loopback address.
     #[arg(
         long = "target",
-        value_name = "URL",
+        value_name = "URL[,URL...]",
+        value_delimiter = ',',
         default_value = "http://127.0.0.1:8080"
     )]
     pub targets: Vec<String>,
@@ -91,6 +93,32 @@ pub struct Common {
     /// No live progress bar (it is also off when stderr is not a terminal).
     #[arg(long, short)]
     pub quiet: bool,
+}
+
+impl Default for Common {
+    /// The command line's defaults.
+    fn default() -> Common {
+        PlayersArgs::default().common
+    }
+}
+
+impl Default for PlayersArgs {
+    /// The command line's defaults (`loadtest players`), for building a run in code with
+    /// `PlayersArgs { viewers: 200, ..Default::default() }`.
+    fn default() -> PlayersArgs {
+        match Cli::parse_from(["loadtest", "players"]).scenario {
+            Scenario::Players(args) => args,
+            Scenario::Heartbeat(_) => unreachable!("parsed as players"),
+        }
+    }
+}
+
+impl From<PlayersArgs> for Cli {
+    fn from(args: PlayersArgs) -> Cli {
+        Cli {
+            scenario: Scenario::Players(args),
+        }
+    }
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -239,6 +267,44 @@ mod tests {
         assert_eq!(p.speedup, 20.0);
         assert!(p.no_progress && !p.no_watchlist);
         assert_eq!(p.common.duration, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn targets_may_be_a_comma_separated_list() {
+        let cli = Cli::try_parse_from([
+            "loadtest",
+            "players",
+            "--target",
+            "http://127.0.0.1:1,http://127.0.0.1:2",
+            "--target",
+            "http://127.0.0.1:3",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.scenario.common().targets,
+            [
+                "http://127.0.0.1:1",
+                "http://127.0.0.1:2",
+                "http://127.0.0.1:3"
+            ]
+        );
+    }
+
+    #[test]
+    fn defaults_in_code_are_those_of_the_command_line() {
+        let args = PlayersArgs::default();
+        assert_eq!(args.viewers, 10_000);
+        assert_eq!(args.common.targets, ["http://127.0.0.1:8080"]);
+        assert_eq!(args.common.connections, 32);
+        let cli: Cli = PlayersArgs {
+            viewers: 5,
+            ..Default::default()
+        }
+        .into();
+        let Scenario::Players(p) = cli.scenario else {
+            panic!("players")
+        };
+        assert_eq!(p.viewers, 5);
     }
 
     #[test]

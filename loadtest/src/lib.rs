@@ -1,8 +1,8 @@
 //! `loadtest`: simulated video players against playstate nodes on this machine.
 //!
-//! A library so that tests can drive it ([`run`] returns the [`Summary`]), and a binary
-//! that prints the report. See README.md for the scenarios, options and how to read the
-//! report.
+//! A library so that tests can drive it ([`run`] returns the [`Summary`]; [`start`] runs
+//! in the background until [`Running::stop`]), and a binary that prints the report. See
+//! README.md for the scenarios, options and how to read the report.
 
 mod cli;
 mod client;
@@ -15,6 +15,7 @@ mod schedule;
 mod server_stats;
 mod stats;
 mod target;
+mod timeline;
 
 use std::net::TcpStream;
 use std::path::Path;
@@ -23,12 +24,14 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use tokio::sync::oneshot;
 
 pub use cli::{Cli, Common, Contract, HeartbeatArgs, PlayersArgs, Scenario};
 pub use report::{OpSummary, OpenLoop, Summary, render};
 pub use runner::catch_interrupt;
 pub use server_stats::Usage;
 pub use stats::Percentiles;
+pub use timeline::{Outcomes, SecondStats, TargetStats, Timeline};
 
 use report::RunInfo;
 use runner::{Control, ShardStats, spawn_shard};
@@ -54,31 +57,65 @@ struct Started {
     open_loop: Option<(f64, Duration)>,
 }
 
-/// Runs the scenario `cli` names against its targets and returns the summary.
+/// Runs the scenario `cli` names against its targets and returns the summary: [`start`],
+/// then [`Running::wait`].
 ///
 /// Blocks until the run is over (`--duration`, `--max-requests`, or Ctrl-C if
-/// [`catch_interrupt`] was called): the load is sent from `--threads` threads of its own,
-/// each with a single-threaded event loop, so call it from a plain thread (in async code,
-/// inside `spawn_blocking`). It prints nothing and leaves `--json` to the caller (see
-/// [`render`] and [`write_json`]); with `--quiet` or when stderr is not a terminal it does
-/// not draw a progress bar either. The summary's `loadgen` usage is that of the whole
-/// calling process.
+/// [`catch_interrupt`] was called), so call it from a plain thread (in async code, inside
+/// `spawn_blocking`).
+pub fn run(cli: Cli) -> anyhow::Result<Summary> {
+    start(cli)?.wait()
+}
+
+/// Starts the scenario `cli` names against its targets and returns at once; the load runs
+/// in the background until `--duration` or `--max-requests` ends it, or [`Running::stop`].
+///
+/// The load is sent from `--threads` threads of its own, each with a single-threaded
+/// event loop, so the caller's runtime (if any) does not matter. The run prints nothing
+/// and leaves `--json` to the caller (see [`render`] and [`write_json`]); with `--quiet`
+/// or when stderr is not a terminal it does not draw a progress bar either. The summary's
+/// `loadgen` usage is that of the whole calling process.
 ///
 /// Build `cli` with `Cli::try_parse_from` (clap's `Parser`) so every value is validated
-/// as on the command line. Fails when a target is not a loopback URL, nothing listens at
-/// a target, `--server-pid` cannot be read, or the options do not fit together.
-pub fn run(cli: Cli) -> anyhow::Result<Summary> {
+/// as on the command line, or from [`PlayersArgs`] (`PlayersArgs { .., ..Default::default()
+/// }.into()`). Fails when a target is not a loopback URL, nothing listens at a target
+/// (`heartbeat`) or at any target (`players`, which counts a dead target's connect errors
+/// instead), `--server-pid` cannot be read, or the options do not fit together.
+pub fn start(cli: Cli) -> anyhow::Result<Running> {
     let common = cli.scenario.common().clone();
+    check_common(&common)?;
     let targets = common
         .targets
         .iter()
         .map(|raw| target::parse(raw).with_context(|| format!("--target {raw}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    preflight(&targets)?;
+    let (scenario_name, per_thread) = match &cli.scenario {
+        Scenario::Heartbeat(_) => {
+            preflight(&targets, Reachable::All)?;
+            ("heartbeat", 1)
+        }
+        // A thread's viewers stay with their targets, so each thread needs a connection
+        // to each target.
+        Scenario::Players(_) => {
+            preflight(&targets, Reachable::Any)?;
+            ("players", targets.len() as u32)
+        }
+    };
+    if common.connections < per_thread {
+        bail!(
+            "--connections ({}) must be at least the number of targets ({per_thread}): \
+             every target needs connections of its own",
+            common.connections
+        );
+    }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-    let threads = common.threads.unwrap_or(cpus).min(common.connections) as usize;
+    let threads = common
+        .threads
+        .unwrap_or(cpus)
+        .min(common.connections / per_thread)
+        .max(1) as usize;
 
-    let mut servers = common
+    let servers = common
         .server_pid
         .iter()
         .map(|&pid| {
@@ -87,12 +124,8 @@ pub fn run(cli: Cli) -> anyhow::Result<Summary> {
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut loadgen = Sampler::start(Proc::this());
+    let loadgen = Sampler::start(Proc::this());
 
-    let scenario_name = match &cli.scenario {
-        Scenario::Heartbeat(_) => "heartbeat",
-        Scenario::Players(_) => "players",
-    };
     // Build the players' population before the clock starts: with many viewers it takes
     // a moment, and that moment is not load.
     let prepared = match &cli.scenario {
@@ -105,49 +138,162 @@ pub fn run(cli: Cli) -> anyhow::Result<Summary> {
         common.timeout,
     ));
     let started = match (&cli.scenario, prepared) {
-        (Scenario::Heartbeat(args), _) => start_heartbeat(args, targets, threads, &ctl)?,
-        (Scenario::Players(_), Some(prepared)) => start_players(prepared, threads, &ctl)?,
+        (Scenario::Heartbeat(args), _) => start_heartbeat(args, targets, threads, &ctl),
+        (Scenario::Players(_), Some(prepared)) => start_players(prepared, threads, &ctl),
         (Scenario::Players(_), None) => unreachable!("players are prepared above"),
     };
+    let started = started.inspect_err(|_| ctl.stop())?;
 
-    let mut samplers: Vec<&mut Sampler> = servers.iter_mut().chain(loadgen.iter_mut()).collect();
-    let watched = monitor::watch(
-        started.handles,
-        &ctl,
-        &mut samplers,
-        common.quiet,
-        started.open_loop.is_some(),
-    )?;
-    let mut merged = ShardStats::new(started.op_names.len(), started.open_loop.is_some());
-    for shard in &watched.shards {
-        merged.merge(shard);
+    let (done, summary) = oneshot::channel();
+    let monitored = ctl.clone();
+    std::thread::Builder::new()
+        .name("loadtest-monitor".into())
+        .spawn(move || {
+            let run = Monitored {
+                ctl: monitored,
+                started,
+                servers,
+                loadgen,
+                scenario: scenario_name,
+                common,
+                threads: threads as u32,
+            };
+            // Nobody may be waiting any more (the handle was dropped).
+            let _ = done.send(run.finish());
+        })
+        .inspect_err(|_| ctl.stop())
+        .context("starting the load-generator monitor thread")?;
+    Ok(Running {
+        stop_on_drop: StopOnDrop(ctl),
+        summary,
+    })
+}
+
+/// A run sending load in the background, from [`start`]. Dropping it stops the run.
+///
+/// ```no_run
+/// # async fn example() -> anyhow::Result<()> {
+/// let load = loadtest::start(
+///     loadtest::PlayersArgs {
+///         common: loadtest::Common {
+///             targets: vec!["http://127.0.0.1:8080".into(), "http://127.0.0.1:8081".into()],
+///             duration: std::time::Duration::from_secs(60),
+///             ..Default::default()
+///         },
+///         ..Default::default()
+///     }
+///     .into(),
+/// )?;
+/// // ... kill a node, wait ...
+/// load.stop();
+/// let summary = load.finished().await?;
+/// let timeline = summary.timeline.expect("players have a timeline");
+/// println!("errors from {:?} to {:?}", timeline.first_error_second, timeline.last_error_second);
+/// # Ok(())
+/// # }
+/// ```
+pub struct Running {
+    stop_on_drop: StopOnDrop,
+    summary: oneshot::Receiver<anyhow::Result<Summary>>,
+}
+
+impl Running {
+    /// Ends the run now instead of at `--duration`: no request is sent any more, those on
+    /// the wire get their answer (or time out), and the summary says "stopped". Returns at
+    /// once; then collect the summary with [`Running::finished`] or [`Running::wait`].
+    pub fn stop(&self) {
+        self.stop_on_drop.0.stop();
     }
-    let end = watched.finished.min(ctl.deadline);
-    let summary = report::summarize(
-        RunInfo {
-            scenario: scenario_name,
-            op_names: started.op_names,
-            targets: common.targets.iter().map(|t| t.trim().to_owned()).collect(),
-            connections: common.connections,
-            threads: threads as u32,
-            duration: common.duration,
-            elapsed: end.saturating_duration_since(ctl.start),
-            stopped_by: ctl.stopped_by(),
-            open_loop: started.open_loop,
-            servers: common
-                .server_pid
-                .iter()
-                .zip(&servers)
-                .map(|(pid, sampler)| report::ServerUsage {
-                    pid: *pid,
-                    usage: sampler.usage(),
-                })
-                .collect(),
-            loadgen: loadgen.as_ref().map(Sampler::usage),
-        },
-        &merged,
-    );
-    Ok(summary)
+
+    /// Waits for the run to end and returns its summary.
+    pub async fn finished(self) -> anyhow::Result<Summary> {
+        self.summary.await.unwrap_or_else(|_| Err(monitor_died()))
+    }
+
+    /// [`Running::finished`] for synchronous code; it blocks, so do not call it on an
+    /// async task (use `spawn_blocking`, or `finished`).
+    pub fn wait(self) -> anyhow::Result<Summary> {
+        self.summary
+            .blocking_recv()
+            .unwrap_or_else(|_| Err(monitor_died()))
+    }
+}
+
+/// Stops the run when its handle goes: a run nobody will read (e.g. that of a test that
+/// failed half way) must not go on loading the machine until its duration is up.
+struct StopOnDrop(Arc<Control>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
+fn monitor_died() -> anyhow::Error {
+    anyhow::anyhow!("the load-generator monitor thread panicked; the run has no summary")
+}
+
+/// A started run, as the monitor thread holds it until the load threads are done.
+struct Monitored {
+    ctl: Arc<Control>,
+    started: Started,
+    servers: Vec<Sampler>,
+    loadgen: Option<Sampler>,
+    scenario: &'static str,
+    common: Common,
+    threads: u32,
+}
+
+impl Monitored {
+    /// Draws the progress bar and samples the processes until the load threads finish,
+    /// then sums up.
+    fn finish(mut self) -> anyhow::Result<Summary> {
+        let ctl = &self.ctl;
+        let open_loop = self.started.open_loop;
+        let mut samplers: Vec<&mut Sampler> = self
+            .servers
+            .iter_mut()
+            .chain(self.loadgen.iter_mut())
+            .collect();
+        let watched = monitor::watch(
+            self.started.handles,
+            ctl,
+            &mut samplers,
+            self.common.quiet,
+            open_loop.is_some(),
+        )?;
+        let mut merged = ShardStats::new(self.started.op_names.len(), open_loop.is_some());
+        for shard in &watched.shards {
+            merged.merge(shard);
+        }
+        // Requests still on the wire after a stop or the deadline do not lengthen the run.
+        let end = watched.finished.min(ctl.end());
+        let common = self.common;
+        Ok(report::summarize(
+            RunInfo {
+                scenario: self.scenario,
+                op_names: self.started.op_names,
+                targets: common.targets.iter().map(|t| t.trim().to_owned()).collect(),
+                connections: common.connections,
+                threads: self.threads,
+                duration: common.duration,
+                elapsed: end.saturating_duration_since(ctl.start),
+                stopped_by: ctl.stopped_by(),
+                open_loop,
+                servers: common
+                    .server_pid
+                    .iter()
+                    .zip(&self.servers)
+                    .map(|(pid, sampler)| report::ServerUsage {
+                        pid: *pid,
+                        usage: sampler.usage(),
+                    })
+                    .collect(),
+                loadgen: self.loadgen.as_ref().map(Sampler::usage),
+            },
+            &merged,
+        ))
+    }
 }
 
 /// Writes `summary` as pretty JSON (the `--json` file), with a trailing newline.
@@ -156,12 +302,33 @@ pub fn write_json(summary: &Summary, path: &Path) -> anyhow::Result<()> {
     std::fs::write(path, json + "\n").with_context(|| format!("--json: writing {}", path.display()))
 }
 
-/// Fails early, with the address, when nothing listens at a target: otherwise the run
-/// would be a screenful of connect errors.
-fn preflight(targets: &[Target]) -> anyhow::Result<()> {
+/// Which targets must accept a connection before the run starts.
+#[derive(Copy, Clone)]
+enum Reachable {
+    All,
+    /// At least one: the others' connect errors are counted per target (a fault test may
+    /// start with a node down).
+    Any,
+}
+
+/// Fails early, with the address, when nothing listens at a target (or at any, with
+/// `Reachable::Any`): otherwise the run would be a screenful of connect errors.
+fn preflight(targets: &[Target], need: Reachable) -> anyhow::Result<()> {
+    let mut refused = Vec::new();
     for t in targets {
-        TcpStream::connect_timeout(&t.addr, Duration::from_secs(2))
-            .with_context(|| format!("cannot connect to {} ({})", t.url, t.addr))?;
+        if let Err(e) = TcpStream::connect_timeout(&t.addr, Duration::from_secs(2)) {
+            let e =
+                anyhow::Error::new(e).context(format!("cannot connect to {} ({})", t.url, t.addr));
+            match need {
+                Reachable::All => return Err(e),
+                Reachable::Any => refused.push(e),
+            }
+        }
+    }
+    if refused.len() == targets.len()
+        && let Some(e) = refused.into_iter().next()
+    {
+        return Err(e.context("no target accepts connections"));
     }
     Ok(())
 }
@@ -172,8 +339,8 @@ fn check_common(common: &Common) -> anyhow::Result<()> {
     }
     // The command line refuses these already; a `Cli` built in code may not have been
     // through it.
-    if common.duration.is_zero() || common.timeout.is_zero() {
-        bail!("--duration and --timeout must be greater than zero");
+    if common.duration.is_zero() || common.timeout.is_zero() || common.connections == 0 {
+        bail!("--duration, --timeout and --connections must be greater than zero");
     }
     Ok(())
 }
@@ -184,7 +351,6 @@ fn start_heartbeat(
     threads: usize,
     ctl: &Arc<Control>,
 ) -> anyhow::Result<Started> {
-    check_common(&args.common)?;
     if args.users < u64::from(args.common.connections) {
         bail!(
             "--users ({}) must be at least --connections ({}): each connection owns its own users",
@@ -231,7 +397,6 @@ fn prepare_players(
     targets: &[Target],
     threads: usize,
 ) -> anyhow::Result<PreparedPlayers> {
-    check_common(&args.common)?;
     if !(args.speedup.is_finite() && args.speedup > 0.0) {
         bail!("--speedup must be above 0");
     }

@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::runner::ShardStats;
 use crate::server_stats::Usage;
 use crate::stats::{ErrorKind, OpStats, Percentiles};
+use crate::timeline::{self, Timeline};
 
 #[derive(Serialize, Debug)]
 pub struct Summary {
@@ -21,7 +22,7 @@ pub struct Summary {
     pub duration_s: f64,
     /// How long load was actually sent.
     pub elapsed_s: f64,
-    /// "duration", "max-requests" or "interrupted".
+    /// "duration", "max-requests", "interrupted" (Ctrl-C) or "stopped" (`Running::stop`).
     pub stopped_by: &'static str,
     /// Requests put on a connection.
     pub requests: u64,
@@ -36,6 +37,8 @@ pub struct Summary {
     pub errors: BTreeMap<String, u64>,
     pub transport_errors: u64,
     pub open_loop: Option<OpenLoop>,
+    /// Players only: what became of the requests second by second and target by target.
+    pub timeline: Option<Timeline>,
     /// Each server process watched (`--server-pid`, once per node).
     pub servers: Vec<ServerUsage>,
     /// CPU-seconds of all watched servers per 1,000 responses: what a request costs the
@@ -202,6 +205,10 @@ pub fn summarize(info: RunInfo, stats: &ShardStats) -> Summary {
                 && stats.unsent * 1000 <= stats.scheduled,
         }
     });
+    let timeline = stats
+        .timeline
+        .as_ref()
+        .map(|recorder| recorder.timeline(info.elapsed, &info.targets));
     Summary {
         scenario: info.scenario,
         targets: info.targets,
@@ -218,6 +225,7 @@ pub fn summarize(info: RunInfo, stats: &ShardStats) -> Summary {
         errors,
         transport_errors,
         open_loop,
+        timeline,
         server_cpu_seconds_per_1000: cpu_per_1000(&info.servers, responses),
         servers: info.servers,
         loadgen: info.loadgen,
@@ -327,6 +335,10 @@ pub fn render(s: &Summary) -> String {
         s.transport_errors,
         counts(&s.errors)
     );
+    if let Some(t) = &s.timeline {
+        let _ = writeln!(out);
+        timeline::render(t, &mut out);
+    }
     if let Some(o) = &s.open_loop {
         let _ = writeln!(out);
         let _ = writeln!(

@@ -8,6 +8,7 @@
 use std::cell::RefCell;
 use std::future::Future;
 use std::rc::Rc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::stats::{Live, OpStats};
+use crate::timeline::Recorder;
 
 /// Set by Ctrl-C: every loop stops as if the duration had passed.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -41,6 +43,8 @@ pub struct Control {
     max_requests: u64,
     issued: AtomicU64,
     capped: AtomicBool,
+    /// When [`Control::stop`] ended the run before its deadline.
+    stopped_at: OnceLock<Instant>,
 }
 
 impl Control {
@@ -54,22 +58,43 @@ impl Control {
             max_requests,
             issued: AtomicU64::new(0),
             capped: AtomicBool::new(false),
+            stopped_at: OnceLock::new(),
         }
     }
 
-    /// True once the run is over: duration passed, request cap reached, or interrupted.
+    /// Ends the run now, as Ctrl-C would but for this run only (a background run's
+    /// handle). Once the deadline has passed the run ended by itself, and this does nothing.
+    pub fn stop(&self) {
+        let now = Instant::now();
+        if now < self.deadline {
+            let _ = self.stopped_at.set(now);
+        }
+    }
+
+    /// When sending load stopped, or will: the deadline, or an earlier [`Control::stop`].
+    pub fn end(&self) -> Instant {
+        self.stopped_at
+            .get()
+            .map_or(self.deadline, |at| (*at).min(self.deadline))
+    }
+
+    /// True once the run is over: duration passed, request cap reached, interrupted or
+    /// stopped.
     pub fn should_stop(&self, now: Instant) -> bool {
-        now >= self.deadline
-            || self.capped.load(Ordering::Relaxed)
-            || INTERRUPTED.load(Ordering::Relaxed)
+        now >= self.deadline || self.capped.load(Ordering::Relaxed) || self.interrupted()
+    }
+
+    /// Ctrl-C, or [`Control::stop`].
+    fn interrupted(&self) -> bool {
+        INTERRUPTED.load(Ordering::Relaxed) || self.stopped_at.get().is_some()
     }
 
     /// Open loop: true once requests still queued should no longer be sent. The
     /// schedule's last requests are due just before the deadline, and a dispatcher woken
     /// by a millisecond timer hands them over a little after it, so they get `grace` to
-    /// start; an interrupt ends the run at once.
+    /// start; an interrupt or a stop ends the run at once.
     pub fn is_over(&self, now: Instant, grace: Duration) -> bool {
-        now >= self.deadline + grace || INTERRUPTED.load(Ordering::Relaxed)
+        now >= self.deadline + grace || self.interrupted()
     }
 
     /// Claims one request of the `--max-requests` budget; false once it is spent.
@@ -87,6 +112,8 @@ impl Control {
             "max-requests"
         } else if INTERRUPTED.load(Ordering::Relaxed) {
             "interrupted"
+        } else if self.stopped_at.get().is_some() {
+            "stopped"
         } else {
             "duration"
         }
@@ -105,6 +132,8 @@ pub struct ShardStats {
     pub ops: Vec<OpStats>,
     /// Connections that could not be opened (not counted as requests).
     pub connect_errors: u64,
+    /// Players only: the run second by second and target by target.
+    pub timeline: Option<Recorder>,
     /// Open loop: requests the schedule produced.
     pub scheduled: u64,
     /// Open loop: scheduled requests never sent because the run ended first.
@@ -116,6 +145,7 @@ impl ShardStats {
         ShardStats {
             ops: (0..op_count).map(|_| OpStats::new(open_loop)).collect(),
             connect_errors: 0,
+            timeline: None,
             scheduled: 0,
             unsent: 0,
         }
@@ -126,6 +156,11 @@ impl ShardStats {
             mine.merge(theirs);
         }
         self.connect_errors += other.connect_errors;
+        match (&mut self.timeline, &other.timeline) {
+            (Some(mine), Some(theirs)) => mine.merge(theirs),
+            (None, Some(theirs)) => self.timeline = Some(theirs.clone()),
+            (_, None) => {}
+        }
         self.scheduled += other.scheduled;
         self.unsent += other.unsent;
     }
@@ -150,7 +185,6 @@ where
         })
 }
 
-/// Which connections (of `connections`, numbered from 0) thread `shard` of `threads` owns.
 /// Waits for a shard's connection tasks and hands back the statistics they shared.
 pub async fn finish_shard(
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -166,6 +200,7 @@ pub async fn finish_shard(
         .into_inner()
 }
 
+/// Which connections (of `connections`, numbered from 0) thread `shard` of `threads` owns.
 pub fn connections_of(shard: usize, threads: usize, connections: u32) -> impl Iterator<Item = u32> {
     (shard as u32..connections).step_by(threads.max(1))
 }
@@ -190,6 +225,23 @@ mod tests {
         assert!(ctl.should_stop(ctl.start + Duration::from_millis(10)));
         assert!(!ctl.should_stop(ctl.start + Duration::from_millis(9)));
         assert_eq!(ctl.stopped_by(), "duration");
+    }
+
+    #[test]
+    fn a_stop_ends_the_run_early_but_not_after_its_deadline() {
+        let ctl = Control::new(Duration::from_secs(60), 100, Duration::from_secs(1));
+        assert_eq!(ctl.end(), ctl.deadline);
+        ctl.stop();
+        assert!(ctl.should_stop(Instant::now()));
+        assert!(ctl.is_over(Instant::now(), Duration::from_secs(1)));
+        assert_eq!(ctl.stopped_by(), "stopped");
+        assert!(ctl.end() < ctl.deadline);
+
+        let over = Control::new(Duration::from_nanos(1), 100, Duration::from_secs(1));
+        std::thread::sleep(Duration::from_millis(1));
+        over.stop();
+        assert_eq!(over.stopped_by(), "duration");
+        assert_eq!(over.end(), over.deadline);
     }
 
     #[test]

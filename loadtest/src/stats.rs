@@ -15,7 +15,7 @@ use hdrhistogram::Histogram;
 
 /// Latencies are recorded in microseconds, from 1 µs up to an hour with 3 significant
 /// digits; anything longer is clamped to the top (a run never lasts that long).
-const HIGHEST_US: u64 = 3_600_000_000;
+pub const HIGHEST_US: u64 = 3_600_000_000;
 
 /// Why a request got no HTTP response.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]

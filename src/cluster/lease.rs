@@ -219,13 +219,24 @@ pub async fn keep_lease(cluster: Cluster, metrics: Arc<Metrics>) {
             .cluster
             .lease_valid
             .set(i64::from(cluster.lease().is_valid()));
-        let (state, term, leader) = {
+        let me = cluster.id();
+        let (leads, term, leader) = {
             let metrics = cluster.raft().metrics();
             let metrics = metrics.borrow();
-            (metrics.state, metrics.current_term, metrics.current_leader)
+            // A leader that gave its vote up is stepping down (see the controller): its
+            // leadership checks would count as heartbeats and hold off the election.
+            let voter = metrics
+                .membership_config
+                .membership()
+                .voter_ids()
+                .any(|id| id == me.0);
+            (
+                metrics.state == ServerState::Leader && voter,
+                metrics.current_term,
+                metrics.current_leader,
+            )
         };
-        let me = cluster.id();
-        if state == ServerState::Leader {
+        if leads {
             cluster.grants().lead(term);
             let began = Instant::now();
             let check = tokio::time::timeout(renew_every * 2, cluster.raft().get_read_log_id());

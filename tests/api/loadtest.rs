@@ -1,25 +1,28 @@
-//! The load generator (`loadtest/`) against a real node: each scenario runs for a couple
+//! The load generator (`loadtest/`) against real nodes: each scenario runs for a couple
 //! of seconds, gets only the statuses the contract allows, and counts exactly what the
-//! node counted in its own request metrics.
+//! node counted in its own request metrics; players spread over several nodes, and a
+//! node that is or goes down shows in the timeline while the run goes on.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
-use ::loadtest::{Cli, Summary};
+use ::loadtest::{Cli, Common, PLAYERS_OPERATIONS, PlayersArgs, Summary, Timeline};
 use clap::Parser;
 
-use super::helpers::{TestNode, eventually};
+use super::helpers::{TestNode, eventually, signal};
 
 /// Runs `loadtest <scenario> <args>` against `node`: two seconds, four connections on two
 /// threads, no progress bar.
 async fn load(node: &TestNode, scenario: &str, args: &[&str]) -> Summary {
-    start_load(node, scenario, "2s", args)
+    start_load(&node.addr, scenario, "2s", args)
         .await
         .expect("the load generator panicked")
 }
 
-/// A load run of `duration` in the background.
+/// A load run of `duration` in the background, from a command line, against `targets`
+/// (`--target` as given: one URL or a comma-separated list).
 fn start_load(
-    node: &TestNode,
+    targets: &str,
     scenario: &str,
     duration: &str,
     args: &[&str],
@@ -28,7 +31,7 @@ fn start_load(
         "loadtest",
         scenario,
         "--target",
-        &node.addr,
+        targets,
         "--duration",
         duration,
         "--connections",
@@ -76,6 +79,22 @@ fn requests_series(method: &str, route: &str, status: &str) -> String {
     )
 }
 
+/// The start of every `requests_series` of (method, route), whatever the status.
+fn requests_series_prefix(method: &str, route: &str) -> String {
+    format!(r#"playstate_http_requests_total{{method="{method}",route="{route}",status=""#)
+}
+
+/// The HTTP call (method, route) of each operation of the players scenario.
+fn players_call(operation: &str) -> (&'static str, &'static str) {
+    match operation {
+        "heartbeat" => ("PUT", "/v1/streams/{sessionId}"),
+        "progress" => ("PUT", "/v1/progress/{assetId}"),
+        "watchlist-put" => ("PUT", "/v1/watchlist/{assetId}"),
+        "watchlist-delete" => ("DELETE", "/v1/watchlist/{assetId}"),
+        other => panic!("unknown operation {other}"),
+    }
+}
+
 /// The node's `playstate_http_requests_total` for the calls (method, route) that the
 /// summary's operations map to, by series, must equal the summary's responses to those
 /// operations, status by status: the node answered exactly what the load generator counted.
@@ -95,11 +114,21 @@ async fn assert_node_counted(
                 .or_default() += *n as f64;
         }
     }
+    let counted = requests_counted(node, &calls, expected.values().sum()).await;
+    assert_eq!(counted, expected, "node's counters vs the load generator's");
+}
+
+/// The node's `playstate_http_requests_total` series of `calls` (method, route), any
+/// status, once they add up to at least `total`: the counters only rise, so that is when
+/// they hold every request the load generator saw answered, and can be compared.
+async fn requests_counted(
+    node: &TestNode,
+    calls: &BTreeSet<(&str, &str)>,
+    total: f64,
+) -> BTreeMap<String, f64> {
     let prefixes: Vec<String> = calls
         .iter()
-        .map(|(method, route)| {
-            format!(r#"playstate_http_requests_total{{method="{method}",route="{route}",status=""#)
-        })
+        .map(|(method, route)| requests_series_prefix(method, route))
         .collect();
     let counted = || async {
         node.metrics()
@@ -108,18 +137,14 @@ async fn assert_node_counted(
             .filter(|(series, _)| prefixes.iter().any(|p| series.starts_with(p.as_str())))
             .collect::<BTreeMap<String, f64>>()
     };
-    // The counters only rise: wait until they hold as many requests as were answered,
-    // then compare series by series.
-    let total: f64 = expected.values().sum();
-    let counted = eventually(
-        &format!("the node to count {total} requests on {calls:?}"),
+    eventually(
+        &format!("{} to count {total} requests on {calls:?}", node.addr),
         || async {
             let now = counted().await;
             (now.values().sum::<f64>() >= total).then_some(now)
         },
     )
-    .await;
-    assert_eq!(counted, expected, "node's counters vs the load generator's");
+    .await
 }
 
 /// The node's own view of the heartbeats: every renewal took or renewed a slot, and every
@@ -204,14 +229,7 @@ async fn players_scenario() {
     assert!(open.scheduled > 0);
     assert_eq!(open.sent, s.requests);
     assert_eq!(open.scheduled, open.sent + open.unsent, "{open:#?}");
-    assert_node_counted(&node, &s, |operation| match operation {
-        "heartbeat" => ("PUT", "/v1/streams/{sessionId}"),
-        "progress" => ("PUT", "/v1/progress/{assetId}"),
-        "watchlist-put" => ("PUT", "/v1/watchlist/{assetId}"),
-        "watchlist-delete" => ("DELETE", "/v1/watchlist/{assetId}"),
-        other => panic!("unknown operation {other}"),
-    })
-    .await;
+    assert_node_counted(&node, &s, players_call).await;
 }
 
 /// A node stopped while players send progress moves every actor off its HTTP worker
@@ -222,7 +240,7 @@ async fn a_graceful_stop_under_load_loses_no_progress() {
     // Progress stays buffered until shutdown: only the shutdown path can store it.
     let mut node = TestNode::spawn("[progress]\nflush_interval = \"1h\"\n").await;
     let players = start_load(
-        &node,
+        &node.addr,
         "players",
         "3s",
         &["--viewers", "200", "--speedup", "20", "--no-watchlist"],
@@ -262,4 +280,158 @@ async fn a_graceful_stop_under_load_loses_no_progress() {
     // A loss at shutdown would be carried over to the next start's count.
     let node = node.restart().await;
     assert_eq!(node.metric("playstate_progress_lost_total").await, 0.0);
+}
+
+/// A players load of `duration` against `targets`, built in code: 200 viewers 20x faster
+/// than life (a heartbeat per stream every second, progress every 250 ms), four
+/// connections on two threads.
+fn players(targets: &[&str], duration: Duration) -> Cli {
+    PlayersArgs {
+        common: Common {
+            targets: targets.iter().map(|t| t.to_string()).collect(),
+            duration,
+            connections: 4,
+            threads: Some(2),
+            quiet: true,
+            ..Default::default()
+        },
+        viewers: 200,
+        speedup: 20.0,
+        ..Default::default()
+    }
+    .into()
+}
+
+fn timeline(s: &Summary) -> &Timeline {
+    s.timeline
+        .as_ref()
+        .unwrap_or_else(|| panic!("players have a timeline: {s:#?}"))
+}
+
+/// A loopback URL nobody listens at: a port the system handed out and took back.
+fn dead_target() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    let addr = listener.local_addr().expect("its address");
+    drop(listener);
+    format!("http://{addr}")
+}
+
+/// `node` answered exactly `answered` players' requests (whatever their status) by its
+/// own `playstate_http_requests_total`, as the load generator counted.
+async fn assert_node_answered(node: &TestNode, answered: u64) {
+    let calls = PLAYERS_OPERATIONS
+        .iter()
+        .map(|op| players_call(op))
+        .collect();
+    let counted = requests_counted(node, &calls, answered as f64).await;
+    assert_eq!(
+        counted.values().sum::<f64>(),
+        answered as f64,
+        "{}'s counters vs the load generator's: {counted:?}",
+        node.addr
+    );
+}
+
+/// `--target A,B`: each viewer stays with one node, so both get about half the players'
+/// requests, and each node answered exactly what the timeline counts for it.
+#[tokio::test]
+async fn players_spread_over_every_target() {
+    let (a, b) = tokio::join!(TestNode::spawn(""), TestNode::spawn(""));
+    let targets = format!("{},{}", a.addr, b.addr);
+    let s = start_load(
+        &targets,
+        "players",
+        "2s",
+        &["--viewers", "200", "--speedup", "20"],
+    )
+    .await
+    .expect("the load generator panicked");
+    assert_clean_run(&s);
+    assert_eq!(s.targets, [a.addr.as_str(), b.addr.as_str()]);
+    let t = timeline(&s);
+    assert_eq!(t.first_error_second, None, "{t:#?}");
+    assert_eq!(t.total.requests, s.requests);
+    assert_eq!(t.total.ok, s.requests);
+    for (node, target) in [&a, &b].into_iter().zip(&t.by_target) {
+        assert_eq!(target.target, node.addr);
+        let o = &target.outcomes;
+        assert!(o.requests > s.requests / 3, "{t:#?}");
+        assert_eq!(o.ok, o.requests);
+        assert_node_answered(node, o.ok).await;
+    }
+    // Two whole seconds, each with its share of the load.
+    assert_eq!(t.seconds.len(), 2, "{t:#?}");
+    for second in &t.seconds {
+        assert!(second.outcomes.requests > s.requests / 4, "{second:?}");
+        assert_eq!(second.outcomes.ok, second.outcomes.requests);
+        assert!(second.p99_us.is_some());
+    }
+}
+
+/// A target nobody listens at: its viewers' every request is a connect error, second
+/// after second, while the other node's viewers are served; the run keeps its schedule
+/// to the end.
+#[tokio::test]
+async fn a_dead_target_fails_only_its_own_viewers() {
+    let node = TestNode::spawn("").await;
+    let dead = dead_target();
+    let load = ::loadtest::start(players(&[&node.addr, &dead], Duration::from_secs(2)))
+        .expect("start the load");
+    let s = load.finished().await.expect("the run");
+    assert_eq!(s.stopped_by, "duration");
+    let t = timeline(&s);
+    let (live, gone) = (&t.by_target[0].outcomes, &t.by_target[1].outcomes);
+    assert_eq!(t.by_target[1].target, dead);
+    assert!(live.requests > 0 && live.ok == live.requests, "{t:#?}");
+    assert!(gone.requests > 0 && gone.ok == 0, "{t:#?}");
+    assert_eq!(gone.connect, gone.requests, "only connect errors: {gone:?}");
+    assert_eq!(t.total.errors(), t.total.connect);
+    assert_eq!(
+        s.errors,
+        BTreeMap::from([("connect".to_owned(), gone.connect)])
+    );
+    assert_eq!(t.seconds.len(), 2, "{t:#?}");
+    for second in &t.seconds {
+        let o = &second.outcomes;
+        assert!(o.ok > 0 && o.connect > 0, "{second:?}");
+        assert_eq!(o.errors(), o.connect, "{second:?}");
+    }
+    assert_eq!(
+        (t.first_error_second, t.last_error_second),
+        (Some(0), Some(1))
+    );
+    assert_node_answered(&node, live.ok).await;
+}
+
+/// What a fault test does: load two nodes in the background, kill one, stop the load
+/// and read the timeline. The killed node's viewers fail from the kill on; the other
+/// node's never do.
+#[tokio::test]
+async fn a_background_load_shows_when_a_node_died() {
+    let (a, b) = tokio::join!(TestNode::spawn(""), TestNode::spawn(""));
+    // Far longer than the test: it is stopped, not run out.
+    let load = ::loadtest::start(players(&[&a.addr, &b.addr], Duration::from_secs(60)))
+        .expect("start the load");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    signal(b.pid().expect("b runs"), "-KILL");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    load.stop();
+    let s = load.finished().await.expect("the run");
+
+    assert_eq!(s.stopped_by, "stopped");
+    assert!((4.0..15.0).contains(&s.elapsed_s), "{}", s.elapsed_s);
+    let t = timeline(&s);
+    assert_eq!(t.seconds.len(), s.elapsed_s.ceil() as usize, "{t:#?}");
+    let first = t.first_error_second.expect("errors once b died");
+    // The kill came 2 s in: the first second was served in full.
+    assert!(first >= 1, "{t:#?}");
+    assert_eq!(t.seconds[0].outcomes.errors(), 0);
+    // Second 3 came after the kill: b's viewers fail (reset, then refused), a's do not.
+    let after = &t.seconds[3].outcomes;
+    assert!(after.ok > 0 && after.connect > 0, "{after:?}");
+    assert_eq!(after.errors(), after.connect + after.closed, "{after:?}");
+    assert!(t.last_error_second >= Some(3), "{t:#?}");
+    let (to_a, to_b) = (&t.by_target[0].outcomes, &t.by_target[1].outcomes);
+    assert_eq!(to_a.errors(), 0, "{to_a:?}");
+    assert!(to_b.ok > 0 && to_b.errors() > 0, "{to_b:?}");
 }

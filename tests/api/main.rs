@@ -3,6 +3,7 @@
 
 mod aws;
 mod cluster;
+mod drain_outage;
 mod failover;
 mod helpers;
 mod library;

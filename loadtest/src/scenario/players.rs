@@ -5,6 +5,12 @@
 //! watchlist. The schedule decides when each request is due, whatever the server does: a
 //! slow server makes requests queue and start late (and that wait counts in their latency),
 //! it does not slow the offered load down. That is what makes "did it keep up" answerable.
+//!
+//! Each viewer talks to one target only (viewer `v` to target `v % targets`), as a real
+//! player stays on the node it reached, and keeps to its schedule whatever that node
+//! answers: refused connections, timeouts and 5xx are counted and the next request goes out
+//! on time, to the same node. So when a node dies, the timeline shows its viewers failing
+//! while the others' requests go on.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -24,6 +30,7 @@ use crate::runner::{Control, ShardStats, connections_of, finish_shard};
 use crate::schedule::{Fire, Schedule, random_phase};
 use crate::stats::{ErrorKind, Live, Timing};
 use crate::target::Target;
+use crate::timeline::{Outcome, Recorder};
 
 pub const OPS: [&str; 4] = ["heartbeat", "progress", "watchlist-put", "watchlist-delete"];
 const HEARTBEAT: usize = 0;
@@ -58,6 +65,8 @@ struct Stream {
 }
 
 struct Viewer {
+    /// Index in `Plan::targets` of the one node this viewer talks to.
+    target: usize,
     authorization: HeaderValue,
     streams: Vec<Stream>,
     /// Two titles the viewer keeps adding to and removing from its watchlist.
@@ -70,6 +79,16 @@ enum Timer {
     Heartbeat { viewer: u32, stream: u8 },
     Progress { viewer: u32, stream: u8 },
     Watchlist { viewer: u32 },
+}
+
+impl Timer {
+    fn viewer(self) -> u32 {
+        match self {
+            Timer::Heartbeat { viewer, .. }
+            | Timer::Progress { viewer, .. }
+            | Timer::Watchlist { viewer } => viewer,
+        }
+    }
 }
 
 /// The viewers of one thread and the schedule of their requests.
@@ -152,6 +171,7 @@ impl Population {
             path(format!("/v1/watchlist/{}", ids::uuid(&mut rng))),
         ];
         self.viewers.push(Viewer {
+            target: (v % plan.targets.len().max(1) as u64) as usize,
             authorization,
             streams,
             watchlist,
@@ -165,8 +185,31 @@ impl Population {
         self.timers.push(timer);
     }
 
-    /// The request a due timer sends, and which operation it is.
-    fn request(&mut self, fire: Fire) -> (usize, Req) {
+    /// The targets (indexes in `Plan::targets`, of `targets`) this population's viewers
+    /// talk to, each once.
+    fn targets_in_use(&self, targets: usize) -> Vec<usize> {
+        let mut used = vec![false; targets];
+        for viewer in &self.viewers {
+            used[viewer.target] = true;
+        }
+        (0..targets).filter(|t| used[*t]).collect()
+    }
+
+    /// The request a due timer sends, to whom, and when it is meant to go out in a run
+    /// that started at `start`.
+    fn request(&mut self, fire: Fire, start: Instant) -> Job {
+        let viewer = self.timers[fire.timer as usize].viewer();
+        let (op, req) = self.operation(fire);
+        Job {
+            op,
+            target: self.viewers[viewer as usize].target,
+            req,
+            intended: start + fire.at,
+        }
+    }
+
+    /// The operation a due timer sends, and its request.
+    fn operation(&mut self, fire: Fire) -> (usize, Req) {
         match self.timers[fire.timer as usize] {
             Timer::Heartbeat { viewer, stream } => (
                 HEARTBEAT,
@@ -216,6 +259,8 @@ fn path(p: String) -> Uri {
 
 struct Job {
     op: usize,
+    /// Index in `Plan::targets`: the viewer's node.
+    target: usize,
     req: Req,
     intended: Instant,
 }
@@ -254,7 +299,9 @@ impl Queue {
 }
 
 /// One load-generator thread: the schedule of its viewers, and its connections working
-/// through the due requests.
+/// through the due requests. Each target has a queue of its own and the thread's
+/// connections are dealt round-robin over the targets its viewers use, so a dead node's
+/// requests only hold up the connections to that node.
 pub async fn shard(
     plan: Arc<Plan>,
     population: Population,
@@ -262,42 +309,54 @@ pub async fn shard(
     index: usize,
     threads: usize,
 ) -> ShardStats {
-    let stats = Rc::new(RefCell::new(ShardStats::new(OPS.len(), true)));
-    let queue = Rc::new(Queue::default());
+    let mut stats = ShardStats::new(OPS.len(), true);
+    stats.timeline = Some(Recorder::new(ctl.start, plan.targets.len()));
+    let stats = Rc::new(RefCell::new(stats));
+    let queues: Vec<Rc<Queue>> = plan.targets.iter().map(|_| Rc::default()).collect();
+    // Enough connections for every target in use: `lib::start` gives each thread at least
+    // as many connections as there are targets.
+    let targets = population.targets_in_use(plan.targets.len());
     let workers: Vec<_> = connections_of(index, threads, plan.connections)
-        .map(|c| {
-            let (plan, ctl, stats, queue) =
-                (plan.clone(), ctl.clone(), stats.clone(), queue.clone());
-            tokio::task::spawn_local(async move { worker(&plan, &ctl, c, &queue, &stats).await })
+        .zip(targets.iter().cycle())
+        .map(|(_, &target)| {
+            let (plan, ctl, stats, queue) = (
+                plan.clone(),
+                ctl.clone(),
+                stats.clone(),
+                queues[target].clone(),
+            );
+            tokio::task::spawn_local(
+                async move { worker(&plan, &ctl, target, &queue, &stats).await },
+            )
         })
         .collect();
-    dispatch(population, &ctl, &queue, &stats).await;
+    dispatch(population, &ctl, &queues, &stats).await;
     finish_shard(workers, stats).await
 }
 
-/// Hands each request to the connections when it is due, until the run ends.
+/// Hands each request to its target's connections when it is due, until the run ends.
 async fn dispatch(
     mut population: Population,
     ctl: &Control,
-    queue: &Queue,
+    queues: &[Rc<Queue>],
     stats: &RefCell<ShardStats>,
 ) {
-    // Requests due at or after the deadline belong to no run.
-    let last = ctl.deadline.saturating_duration_since(ctl.start) - Duration::from_nanos(1);
     'run: loop {
         let now = Instant::now();
+        // Requests due at or after the end (the deadline, or when the run was stopped)
+        // belong to no run.
+        let last = ctl
+            .end()
+            .saturating_duration_since(ctl.start)
+            .saturating_sub(Duration::from_nanos(1));
         let horizon = now.saturating_duration_since(ctl.start).min(last);
         let mut scheduled = 0;
         while let Some(fire) = population.schedule.pop_due(horizon) {
             if !ctl.take_permit() {
                 break 'run;
             }
-            let (op, req) = population.request(fire);
-            queue.push(Job {
-                op,
-                req,
-                intended: ctl.start + fire.at,
-            });
+            let job = population.request(fire, ctl.start);
+            queues[job.target].push(job);
             scheduled += 1;
         }
         stats.borrow_mut().scheduled += scheduled;
@@ -316,43 +375,44 @@ async fn dispatch(
             .min(ctl.deadline);
         tokio::time::sleep_until(next).await;
     }
-    queue.close();
+    for queue in queues {
+        queue.close();
+    }
 }
 
+/// One connection to `target`, sending its queue's jobs one after the other. Nothing that
+/// goes wrong with a request ends the loop: it is counted, and the next job gets a new
+/// connection if this one is gone.
 async fn worker(
     plan: &Plan,
     ctl: &Control,
-    index: u32,
+    target: usize,
     queue: &Queue,
     stats: &RefCell<ShardStats>,
 ) {
-    let target = &plan.targets[index as usize % plan.targets.len()];
     let late = plan.late_threshold;
     let mut conn: Option<Conn> = None;
     while let Some(job) = queue.pop().await {
-        if ctl.is_over(Instant::now(), late) {
+        let now = Instant::now();
+        let not_sent = Timing {
+            intended: job.intended,
+            started: now,
+            finished: now,
+        };
+        if ctl.is_over(now, late) {
             // The run is over: what is still queued was offered but never sent.
-            stats.borrow_mut().unsent += 1;
+            record(ctl, stats, &job, &not_sent, Outcome::Unsent, late);
             continue;
         }
         let c = match conn.as_mut() {
             Some(c) if c.is_open() => c,
-            _ => match Conn::connect(target, ctl.timeout).await {
+            _ => match Conn::connect(&plan.targets[target], ctl.timeout).await {
                 Ok(c) => conn.insert(c),
                 Err(kind) => {
-                    {
-                        let mut s = stats.borrow_mut();
-                        s.connect_errors += 1;
-                        let now = Instant::now();
-                        let timing = Timing {
-                            intended: job.intended,
-                            started: now,
-                            finished: now,
-                        };
-                        s.ops[job.op].record_error(kind, Some(&timing), late);
-                    }
-                    Live::add(&ctl.live.errors, 1);
-                    ctl.backoff().await;
+                    // No pause before the next attempt, unlike the closed loop: the next
+                    // job is not due before its time anyway, and a player whose node is
+                    // down keeps trying on its schedule.
+                    record(ctl, stats, &job, &not_sent, Outcome::Failed(kind), late);
                     continue;
                 }
             },
@@ -364,23 +424,57 @@ async fn worker(
             started,
             finished: Instant::now(),
         };
-        if timing.start_delay() > late {
-            Live::add(&ctl.live.late, 1);
-        }
-        let mut stats = stats.borrow_mut();
-        let op = &mut stats.ops[job.op];
-        op.sent += 1;
-        match result {
-            Ok(status) => {
-                op.record_response(status, &timing, late);
-                Live::add(&ctl.live.responses, 1);
-            }
+        let outcome = match result {
+            Ok(status) => Outcome::Answered(status),
             Err(kind) => {
                 debug_assert_ne!(kind, ErrorKind::Connect);
-                op.record_error(kind, Some(&timing), late);
-                Live::add(&ctl.live.errors, 1);
+                Outcome::Failed(kind)
             }
+        };
+        record(ctl, stats, &job, &timing, outcome, late);
+    }
+}
+
+/// Counts what became of `job` in its operation's statistics, the timeline and the live
+/// counters.
+fn record(
+    ctl: &Control,
+    stats: &RefCell<ShardStats>,
+    job: &Job,
+    timing: &Timing,
+    outcome: Outcome,
+    late: Duration,
+) {
+    let mut stats = stats.borrow_mut();
+    let stats = &mut *stats;
+    if let Some(timeline) = &mut stats.timeline {
+        timeline.record(job.target, timing, outcome);
+    }
+    let op = &mut stats.ops[job.op];
+    match outcome {
+        Outcome::Unsent => {
+            stats.unsent += 1;
+            return;
         }
+        Outcome::Answered(status) => {
+            op.sent += 1;
+            op.record_response(status, timing, late);
+            Live::add(&ctl.live.responses, 1);
+        }
+        // A connection that could not be opened carried no request.
+        Outcome::Failed(ErrorKind::Connect) => {
+            stats.connect_errors += 1;
+            op.record_error(ErrorKind::Connect, Some(timing), late);
+            Live::add(&ctl.live.errors, 1);
+        }
+        Outcome::Failed(kind) => {
+            op.sent += 1;
+            op.record_error(kind, Some(timing), late);
+            Live::add(&ctl.live.errors, 1);
+        }
+    }
+    if timing.start_delay() > late {
+        Live::add(&ctl.live.late, 1);
     }
 }
 
@@ -406,10 +500,36 @@ mod tests {
     fn drain(pop: &mut Population, until: Duration) -> Vec<(usize, Req, Duration)> {
         let mut out = Vec::new();
         while let Some(fire) = pop.schedule.pop_due(until) {
-            let (op, req) = pop.request(fire);
+            let (op, req) = pop.operation(fire);
             out.push((op, req, fire.at));
         }
         out
+    }
+
+    #[test]
+    fn each_viewer_sticks_to_one_target() {
+        let mut p = plan(30, true, 0.0);
+        p.targets = (1..=3)
+            .map(|port| crate::target::parse(&format!("http://127.0.0.1:{port}")).unwrap())
+            .collect();
+        // Thread 1 of 2: viewers 1, 3, 5, ... which between them use every target.
+        let mut pop = Population::build(&p, 1, 2);
+        assert_eq!(pop.targets_in_use(3), [0, 1, 2]);
+        let start = Instant::now();
+        let mut heartbeats = 0;
+        while let Some(fire) = pop.schedule.pop_due(Duration::from_secs(3)) {
+            let job = pop.request(fire, start);
+            assert_eq!(job.intended, start + fire.at);
+            let Some(session) = job.req.uri.path().strip_prefix("/v1/streams/p-v") else {
+                continue;
+            };
+            let viewer: usize = session.split('-').next().unwrap().parse().unwrap();
+            assert_eq!(job.target, viewer % 3, "{session}");
+            heartbeats += 1;
+        }
+        assert!(heartbeats >= 15 * 3, "every viewer heartbeats every second");
+        // Thread 0 of 3 has viewers 0, 3, 6, ...: all on target 0.
+        assert_eq!(Population::build(&p, 0, 3).targets_in_use(3), [0]);
     }
 
     #[test]
@@ -530,7 +650,7 @@ mod tests {
                 let pop = Population::build(&p, 0, 1);
                 let expected = 20 * pop.viewers.iter().map(|v| v.streams.len()).sum::<usize>();
                 let ctl = Control::new(Duration::from_secs(20), u64::MAX, Duration::from_secs(1));
-                let queue = Queue::default();
+                let queue = Rc::new(Queue::default());
                 let stats = RefCell::new(ShardStats::new(OPS.len(), true));
                 let consumer = async {
                     let mut seen = Vec::new();
@@ -541,7 +661,10 @@ mod tests {
                     }
                     seen
                 };
-                let ((), seen) = tokio::join!(dispatch(pop, &ctl, &queue, &stats), consumer);
+                let ((), seen) = tokio::join!(
+                    dispatch(pop, &ctl, std::slice::from_ref(&queue), &stats),
+                    consumer
+                );
                 assert_eq!(stats.borrow().scheduled as usize, expected);
                 assert_eq!(seen.len(), expected);
                 assert!(seen.windows(2).all(|w| w[0] <= w[1]));
