@@ -177,8 +177,9 @@ fn jwt_verifier(config: &Config) -> io::Result<Option<JwtVerifier>> {
         .map_err(|e| startup_error(format!("auth.jwt_rs256_public_key_file: {e}")))
 }
 
-/// Records how much acknowledged progress is not yet stored, so that after a crash the
-/// next start can say how much was lost. Written at most once a second, off the hot path,
+/// Records how much acknowledged progress is not yet stored and held by no backup, so
+/// that after a crash the next start can say how much was lost (what backups held was
+/// stored by the nodes that took the shards over). Written at most once a second, off the hot path,
 /// and once more at exit with what this run lost, so a loss counted only in the metrics
 /// of a process that is gone still shows after the restart.
 struct UnflushedMarker {
@@ -198,7 +199,7 @@ impl UnflushedMarker {
         if lost > 0 {
             tracing::error!(
                 entries = lost,
-                "the previous run stopped without flushing; its unflushed progress is lost"
+                "the previous run stopped without storing progress that no backup held; it is lost"
             );
             metrics.progress_lost.inc_by(lost);
         }
@@ -761,12 +762,14 @@ async fn follow_shard_table(
     }
 }
 
-/// Records the unflushed count every second (see `UnflushedMarker`).
+/// Records every second how much unstored progress no backup holds (see
+/// `UnflushedMarker`).
 async fn record_unflushed(services: Arc<UserServices>, marker: Arc<UnflushedMarker>) {
     let mut last = 0;
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let now = services.dirty.used();
+        // What a crash now would lose: with backups, only what they do not hold yet.
+        let now = services.backups.unbacked(services.dirty.used());
         if now != last {
             marker.record(now);
             last = now;

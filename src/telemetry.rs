@@ -361,8 +361,9 @@ impl Metrics {
             .expect("valid metric"),
             progress_lost: IntCounter::new(
                 "playstate_progress_lost_total",
-                "Progress updates acknowledged but never stored: unflushed at a crash (counted \
-                 at the next start) or when the store stayed down through a shutdown.",
+                "Unstored progress entries lost: those a node held at a crash that no backup \
+                 held (counted at its next start), or that the store did not take before a \
+                 shutdown ended.",
             )
             .expect("valid metric"),
             failover_progress_discarded: IntCounter::new(

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::cluster::ShardId;
 use crate::domain::{UserBackup, UserId};
@@ -23,6 +23,10 @@ pub struct BackupFeed {
     /// actors skip building changes nobody would receive.
     enabled: AtomicBool,
     urgent: tokio::sync::Notify,
+    /// Progress entries on their way to a backup, not yet acknowledged.
+    in_flight: AtomicUsize,
+    /// Whether the last round failed to reach a backup.
+    failing: AtomicBool,
 }
 
 impl Default for BackupFeed {
@@ -31,6 +35,8 @@ impl Default for BackupFeed {
             lanes: (0..LANES).map(|_| Mutex::default()).collect(),
             enabled: AtomicBool::new(false),
             urgent: tokio::sync::Notify::new(),
+            in_flight: AtomicUsize::new(0),
+            failing: AtomicBool::new(false),
         }
     }
 }
@@ -73,6 +79,37 @@ impl BackupFeed {
             );
         }
         taken
+    }
+
+    /// The sender is about to send `entries` progress entries.
+    pub fn sending(&self, entries: usize) {
+        self.in_flight.store(entries, Ordering::Release);
+    }
+
+    /// The sender's round is over; `ok` when every backup acknowledged its part.
+    pub fn sent(&self, ok: bool) {
+        self.in_flight.store(0, Ordering::Release);
+        self.failing.store(!ok, Ordering::Release);
+    }
+
+    /// Of the node's `dirty` unstored progress entries, how many no backup holds: all of
+    /// them without backups (a single node) or while backups cannot be reached, else those
+    /// not yet sent or acknowledged. What a crash now would lose.
+    pub fn unbacked(&self, dirty: usize) -> usize {
+        if !self.is_enabled() || self.failing.load(Ordering::Acquire) {
+            return dirty;
+        }
+        let waiting: usize = self
+            .lanes
+            .iter()
+            .map(|lane| {
+                let lane = lane.lock().expect("not poisoned");
+                lane.values()
+                    .map(|(_, change)| change.progress.as_ref().map_or(0, Vec::len))
+                    .sum::<usize>()
+            })
+            .sum();
+        (waiting + self.in_flight.load(Ordering::Acquire)).min(dirty)
     }
 
     /// Waits until a change is urgent.

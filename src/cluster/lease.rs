@@ -65,6 +65,11 @@ impl OwnershipLease {
         self.millis(Instant::now()) < self.valid_until.load(Ordering::Acquire)
     }
 
+    /// Whether this node has held the lease at all since it started.
+    pub fn ever_held(&self) -> bool {
+        self.valid_until.load(Ordering::Acquire) > 0
+    }
+
     /// Time left on the lease (zero when it has run out).
     pub fn remaining(&self) -> Duration {
         let until = self.valid_until.load(Ordering::Acquire);
@@ -79,11 +84,6 @@ impl OwnershipLease {
             None => lease.saturating_sub(self.origin.duration_since(from).as_millis() as u64),
         };
         self.valid_until.fetch_max(until, Ordering::AcqRel);
-    }
-
-    /// Gives the lease up (the node was removed, or is stopping).
-    pub fn revoke(&self) {
-        self.valid_until.store(0, Ordering::Release);
     }
 
     fn millis(&self, at: Instant) -> u64 {
@@ -264,7 +264,12 @@ pub async fn keep_lease(cluster: Cluster, metrics: Arc<Metrics>) {
             }
         };
         if granted {
+            let was_valid = cluster.lease().is_valid();
             cluster.lease().renew_from(sent);
+            if !was_valid {
+                // Requests that arrived before the first lease wait for it.
+                cluster.replica().router.nudge();
+            }
         }
     }
 }
@@ -296,8 +301,6 @@ mod tests {
         let remaining = lease.remaining();
         lease.renew_from(Instant::now() - Duration::from_secs(3));
         assert!(lease.remaining() >= remaining - Duration::from_millis(50));
-        lease.revoke();
-        assert!(!lease.is_valid());
     }
 
     #[test]

@@ -147,6 +147,13 @@ pub(super) async fn send_backups(users: Users, peers: Peers, interval: Duration)
                 users,
             });
         }
+        let entries = batches
+            .values()
+            .flatten()
+            .flat_map(|c| &c.users)
+            .map(|(_, b)| b.progress.as_ref().map_or(0, Vec::len))
+            .sum();
+        feed.sending(entries);
         let sends = batches.into_iter().map(|(node, shards)| {
             let addr = table.cluster_addr(node).cloned();
             let peers = &peers;
@@ -168,6 +175,7 @@ pub(super) async fn send_backups(users: Users, peers: Peers, interval: Duration)
             }
         });
         let metrics = &users.registry().services().metrics.cluster;
+        let mut all_sent = true;
         for (node, sent, answer) in futures_util::future::join_all(sends).await {
             match answer {
                 Ok(answer) => {
@@ -179,6 +187,7 @@ pub(super) async fn send_backups(users: Users, peers: Peers, interval: Duration)
                 Err(e) => {
                     // Whatever it missed goes again as a snapshot.
                     metrics.backup_sent("error").inc();
+                    all_sent = false;
                     tracing::debug!(node = node.0, error = %e, "backup not sent; will resend");
                     for shard in sent {
                         synced.remove(&shard);
@@ -186,6 +195,7 @@ pub(super) async fn send_backups(users: Users, peers: Peers, interval: Duration)
                 }
             }
         }
+        feed.sent(all_sent);
     }
 }
 

@@ -270,8 +270,12 @@ impl Users {
             // Subscribed before routing, so a change in between is not missed.
             let mut changes = self.router.subscribe();
             match self.router.route(user) {
+                // A node that just started waits for its first lease; one that lost it
+                // answers at once (it is cut off, and waiting would not help soon).
                 Destination::Local { .. } if !self.lease.is_valid() => {
-                    return Err(UnavailableReason::NoLease);
+                    if self.lease.ever_held() {
+                        return Err(UnavailableReason::NoLease);
+                    }
                 }
                 Destination::Local { shard, .. } => {
                     match self.registry.call(shard, user, command).await {
@@ -362,7 +366,9 @@ impl Users {
                     return ForwardedReply::Moved;
                 }
                 Some(owner) if owner.epoch == epoch && !self.lease.is_valid() => {
-                    return ForwardedReply::Unavailable(UnavailableReason::NoLease.to_string());
+                    if self.lease.ever_held() {
+                        return ForwardedReply::Unavailable(UnavailableReason::NoLease.to_string());
+                    }
                 }
                 Some(owner) if owner.epoch == epoch => {
                     match self.registry.call(shard, &user, command).await {

@@ -227,6 +227,8 @@ async fn crash_keeps_what_was_acknowledged(crash_the_leader: bool) {
     settled(survivors[0], 3).await;
     let all: Vec<&TestNode> = survivors.iter().copied().chain([&back]).collect();
     assert_kept(&acked, &all).await;
+    // Every unstored entry it had was backed up: it counts none lost.
+    assert_eq!(back.metric("playstate_progress_lost_total").await, 0.0);
 }
 
 #[tokio::test]
@@ -240,12 +242,7 @@ async fn a_crashed_leader_is_replaced_and_frees_no_slot() {
 }
 
 /// Node `id` behind `proxy`: the others reach it only through the proxy.
-async fn proxied_node(
-    aws: &AwsFixture,
-    proxy: &Proxy,
-    id: u64,
-    join: Option<&str>,
-) -> TestNode {
+async fn proxied_node(aws: &AwsFixture, proxy: &Proxy, id: u64, join: Option<&str>) -> TestNode {
     let advertise = proxy.addr().to_string();
     let node = node_with(
         aws,

@@ -72,3 +72,62 @@ async fn an_emulator_outage_loses_nothing() {
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_eq!(list[0]["asset"], kept.as_str());
 }
+
+/// Events a node could not deliver when it crashed are journaled in its data dir and
+/// delivered after it restarts.
+#[tokio::test]
+async fn events_queued_at_a_crash_are_delivered_after_the_restart() {
+    let mut emulator = PrivateEmulator::start().await;
+    let aws = AwsFixture::new(&emulator.endpoint()).await;
+    // The users' data in the embedded store, which stays up; only the queue goes away.
+    let config = format!(
+        r#"
+[events]
+sink = "sqs"
+[events.sqs]
+queue_name = "{queue}"
+create_queue = true
+[aws]
+region = "us-east-1"
+endpoint = "{endpoint}"
+access_key_id = "test"
+secret_access_key = "test"
+timeout = "1s"
+"#,
+        queue = aws.queue,
+        endpoint = emulator.endpoint(),
+    );
+    let mut node = TestNode::spawn_with(&config, &[], &[]).await;
+    let u = user();
+    let edit = |node: &TestNode, a: &str| {
+        node.as_user(Method::PUT, &format!("/v1/watchlist/{a}"), &u)
+            .send()
+    };
+    assert_eq!(edit(&node, &asset()).await.unwrap().status(), 200);
+    assert_eq!(aws.events(1).await.len(), 1);
+
+    emulator.stop();
+    let pending: Vec<String> = (0..3).map(|_| asset()).collect();
+    for a in &pending {
+        assert_eq!(edit(&node, a).await.unwrap().status(), 200);
+    }
+    eventually("the events to wait in the outbox", || async {
+        (node.metric("playstate_outbox_depth").await == 3.0).then_some(())
+    })
+    .await;
+    node.crash();
+
+    let _emulator = PrivateEmulator::start_on(emulator.port).await;
+    aws.recreate().await;
+    let node = node.start_again().await;
+    let events = aws.events(3).await;
+    let mut delivered: Vec<String> = events
+        .iter()
+        .map(|e| e["assetId"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    delivered.sort();
+    let mut expected = pending.clone();
+    expected.sort();
+    assert_eq!(delivered, expected, "{events:?}");
+    assert_eq!(node.metric("playstate_outbox_depth").await, 0.0);
+}
