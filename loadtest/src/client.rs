@@ -153,9 +153,53 @@ async fn drive<F: Future>(
 fn classify(e: &hyper::Error) -> ErrorKind {
     if e.is_timeout() {
         ErrorKind::Timeout
-    } else if e.is_closed() || e.is_canceled() || e.is_incomplete_message() {
+    } else if e.is_closed() || e.is_canceled() || e.is_incomplete_message() || was_reset(e) {
         ErrorKind::Closed
     } else {
         ErrorKind::Protocol
+    }
+}
+
+/// A connection reset (e.g. by a node killed mid-request) is, to a player, the node
+/// closing it; hyper reports it as a plain I/O error.
+fn was_reset(e: &hyper::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    std::error::Error::source(e)
+        .and_then(|source| source.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| matches!(io.kind(), ConnectionReset | ConnectionAborted | BrokenPipe))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node that drops the connection after reading a request, with a reset (as a
+    /// killed process does) or an orderly close: either way the request counts as closed,
+    /// not as a malformed answer, and the connection must be replaced.
+    #[tokio::test]
+    async fn a_reset_or_closed_connection_counts_as_closed() {
+        for reset in [true, false] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let node = tokio::spawn(async move {
+                let (stream, _) = listener.accept().await.unwrap();
+                stream.readable().await.unwrap();
+                let _ = stream.try_read(&mut [0u8; 4096]);
+                if reset {
+                    stream.set_zero_linger().unwrap();
+                }
+            });
+            let target = crate::target::parse(&format!("http://{addr}")).unwrap();
+            let timeout = Duration::from_secs(5);
+            let mut conn = Conn::connect(&target, timeout).await.unwrap();
+            let req = Req::new(Method::GET, "/".into(), None, Bytes::new());
+            assert_eq!(
+                conn.send(&req, timeout).await,
+                Err(ErrorKind::Closed),
+                "reset: {reset}"
+            );
+            assert!(!conn.is_open());
+            node.await.unwrap();
+        }
     }
 }

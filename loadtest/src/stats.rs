@@ -24,9 +24,9 @@ pub enum ErrorKind {
     Connect,
     /// No complete response within `--timeout`.
     Timeout,
-    /// The server closed the connection before answering.
+    /// The server closed or reset the connection before answering.
     Closed,
-    /// Anything else: malformed response, reset mid-body, ...
+    /// Anything else: a malformed response, ...
     Protocol,
 }
 
