@@ -348,12 +348,7 @@ impl Registry {
     /// Lets go of the actors of a shard this node no longer owns. Each flushes anything
     /// still dirty (none after an export) and stops.
     pub fn release(&self, shard: ShardId) {
-        let actors: Vec<Entry> = {
-            let mut write = self.shard(shard).write().expect("not poisoned");
-            write.serving = false;
-            write.actors.drain().map(|(_, entry)| entry).collect()
-        };
-        for entry in actors {
+        for entry in self.stop_serving(shard) {
             let (stopped, _) = tokio::sync::oneshot::channel();
             entry.addr.do_send(Shutdown { stopped });
         }
@@ -362,14 +357,16 @@ impl Registry {
     /// Lets go of a shard that moved by failover while this node was cut off: its actors
     /// stop without storing anything.
     pub fn discard(&self, shard: ShardId) {
-        let actors: Vec<Entry> = {
-            let mut write = self.shard(shard).write().expect("not poisoned");
-            write.serving = false;
-            write.actors.drain().map(|(_, entry)| entry).collect()
-        };
-        for entry in actors {
+        for entry in self.stop_serving(shard) {
             entry.addr.do_send(Discard);
         }
+    }
+
+    /// Stops serving `shard` and takes its actors out of the registry.
+    fn stop_serving(&self, shard: ShardId) -> Vec<Entry> {
+        let mut write = self.shard(shard).write().expect("not poisoned");
+        write.serving = false;
+        write.actors.drain().map(|(_, entry)| entry).collect()
     }
 
     /// Everything the shard's backup must hold: each user's slots and unstored progress.

@@ -83,16 +83,24 @@ sink = "sqs"
 [events.sqs]
 queue_name = "{queue}"
 create_queue = true
-[aws]
-region = "{REGION}"
-endpoint = "{endpoint}"
-access_key_id = "test"
-secret_access_key = "test"
-timeout = "1s"
+{aws}
 {extra}
 "#,
             table = self.table,
             queue = self.queue,
+            aws = self.aws_section(),
+        )
+    }
+
+    /// The `[aws]` section that points a node at this fixture's emulator.
+    pub fn aws_section(&self) -> String {
+        format!(
+            r#"[aws]
+region = "{REGION}"
+endpoint = "{endpoint}"
+access_key_id = "test"
+secret_access_key = "test"
+timeout = "1s""#,
             endpoint = self.endpoint,
         )
     }

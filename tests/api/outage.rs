@@ -87,15 +87,10 @@ sink = "sqs"
 [events.sqs]
 queue_name = "{queue}"
 create_queue = true
-[aws]
-region = "us-east-1"
-endpoint = "{endpoint}"
-access_key_id = "test"
-secret_access_key = "test"
-timeout = "1s"
+{aws}
 "#,
         queue = aws.queue,
-        endpoint = emulator.endpoint(),
+        aws = aws.aws_section(),
     );
     let mut node = TestNode::spawn_with(&config, &[], &[]).await;
     let u = user();
