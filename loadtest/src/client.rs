@@ -160,13 +160,15 @@ fn classify(e: &hyper::Error) -> ErrorKind {
     }
 }
 
-/// A connection reset (e.g. by a node killed mid-request) is, to a player, the node
-/// closing it; hyper reports it as a plain I/O error.
-fn was_reset(e: &hyper::Error) -> bool {
+/// Whether `e`, or an error behind it, is a connection reset. To a player a reset (e.g.
+/// by a node killed mid-request) is the node closing the connection, but hyper reports it
+/// as a plain I/O error when the request was on the wire.
+fn was_reset(e: &(dyn std::error::Error + 'static)) -> bool {
     use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
-    std::error::Error::source(e)
-        .and_then(|source| source.downcast_ref::<std::io::Error>())
-        .is_some_and(|io| matches!(io.kind(), ConnectionReset | ConnectionAborted | BrokenPipe))
+    std::iter::successors(Some(e), |e| e.source()).any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| matches!(io.kind(), ConnectionReset | ConnectionAborted | BrokenPipe))
+    })
 }
 
 #[cfg(test)]
@@ -175,7 +177,8 @@ mod tests {
 
     /// A node that drops the connection after reading a request, with a reset (as a
     /// killed process does) or an orderly close: either way the request counts as closed,
-    /// not as a malformed answer, and the connection must be replaced.
+    /// not as a malformed answer, and the connection must be replaced. (Here hyper wraps
+    /// the reset as a cancelled request; see `resets_are_recognised` for the bare form.)
     #[tokio::test]
     async fn a_reset_or_closed_connection_counts_as_closed() {
         for reset in [true, false] {
@@ -201,5 +204,14 @@ mod tests {
             assert!(!conn.is_open());
             node.await.unwrap();
         }
+    }
+
+    #[test]
+    fn resets_are_recognised() {
+        use std::io::{Error, ErrorKind as Io};
+        for kind in [Io::ConnectionReset, Io::ConnectionAborted, Io::BrokenPipe] {
+            assert!(was_reset(&Error::from(kind)), "{kind:?}");
+        }
+        assert!(!was_reset(&Error::from(Io::InvalidData)));
     }
 }

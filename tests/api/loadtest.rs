@@ -308,6 +308,23 @@ fn timeline(s: &Summary) -> &Timeline {
         .unwrap_or_else(|| panic!("players have a timeline: {s:#?}"))
 }
 
+/// Waits until `node` serves players: a node that has just started holds their requests
+/// until it first holds a lease, and on a busy machine that can take a second, which
+/// would show in the timelines these tests read. Asks `GET /v1/streams`, which goes
+/// through a user's actor like the players' requests but is not one of their routes, so
+/// the node's counts of those stay exact.
+async fn wait_serving(node: &TestNode) {
+    eventually(&format!("{} to serve players", node.addr), || async {
+        let response = node
+            .as_user(reqwest::Method::GET, "/v1/streams", "lt-warm-up")
+            .send()
+            .await
+            .ok()?;
+        (response.status() == 200).then_some(())
+    })
+    .await;
+}
+
 /// A loopback URL nobody listens at: a port the system handed out and took back.
 fn dead_target() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
@@ -337,6 +354,7 @@ async fn assert_node_answered(node: &TestNode, answered: u64) {
 #[tokio::test]
 async fn players_spread_over_every_target() {
     let (a, b) = tokio::join!(TestNode::spawn(""), TestNode::spawn(""));
+    tokio::join!(wait_serving(&a), wait_serving(&b));
     let targets = format!("{},{}", a.addr, b.addr);
     let s = start_load(
         &targets,
@@ -352,19 +370,27 @@ async fn players_spread_over_every_target() {
     assert_eq!(t.first_error_second, None, "{t:#?}");
     assert_eq!(t.total.requests, s.requests);
     assert_eq!(t.total.ok, s.requests);
+    // What the schedule offered was sent, or (on a node that stalls for a moment on a
+    // busy machine) still waiting for a connection at the end: the assertions below hold
+    // either way.
+    let scheduled = s.open_loop.as_ref().expect("an open loop").scheduled;
+    assert_eq!(t.total.requests + t.total.unsent, scheduled);
     for (node, target) in [&a, &b].into_iter().zip(&t.by_target) {
         assert_eq!(target.target, node.addr);
         let o = &target.outcomes;
-        assert!(o.requests > s.requests / 3, "{t:#?}");
-        assert_eq!(o.ok, o.requests);
+        // Viewers are dealt evenly over the targets: each was offered about half.
+        assert!(o.requests + o.unsent > scheduled / 3, "{t:#?}");
+        assert!(o.ok > 0 && o.ok == o.requests, "{o:?}");
         assert_node_answered(node, o.ok).await;
     }
-    // Two whole seconds, each with its share of the load.
+    // Two whole seconds, each offered its share of the load, with a p99 where anything
+    // was answered.
     assert_eq!(t.seconds.len(), 2, "{t:#?}");
     for second in &t.seconds {
-        assert!(second.outcomes.requests > s.requests / 4, "{second:?}");
-        assert_eq!(second.outcomes.ok, second.outcomes.requests);
-        assert!(second.p99_us.is_some());
+        let o = &second.outcomes;
+        assert!(o.requests + o.unsent > scheduled / 4, "{second:?}");
+        assert_eq!(o.ok, o.requests);
+        assert_eq!(second.p99_us.is_some(), o.ok > 0, "{second:?}");
     }
 }
 
@@ -374,6 +400,7 @@ async fn players_spread_over_every_target() {
 #[tokio::test]
 async fn a_dead_target_fails_only_its_own_viewers() {
     let node = TestNode::spawn("").await;
+    wait_serving(&node).await;
     let dead = dead_target();
     let load = ::loadtest::start(players(&[&node.addr, &dead], Duration::from_secs(2)))
         .expect("start the load");
@@ -391,9 +418,11 @@ async fn a_dead_target_fails_only_its_own_viewers() {
         BTreeMap::from([("connect".to_owned(), gone.connect)])
     );
     assert_eq!(t.seconds.len(), 2, "{t:#?}");
+    // The dead target's requests fail at once and on schedule, whatever the live node
+    // does: every second has them.
     for second in &t.seconds {
         let o = &second.outcomes;
-        assert!(o.ok > 0 && o.connect > 0, "{second:?}");
+        assert!(o.connect > 0, "{second:?}");
         assert_eq!(o.errors(), o.connect, "{second:?}");
     }
     assert_eq!(
@@ -409,29 +438,32 @@ async fn a_dead_target_fails_only_its_own_viewers() {
 #[tokio::test]
 async fn a_background_load_shows_when_a_node_died() {
     let (a, b) = tokio::join!(TestNode::spawn(""), TestNode::spawn(""));
+    tokio::join!(wait_serving(&a), wait_serving(&b));
     // Far longer than the test: it is stopped, not run out.
     let load = ::loadtest::start(players(&[&a.addr, &b.addr], Duration::from_secs(60)))
         .expect("start the load");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     signal(b.pid().expect("b runs"), "-KILL");
     tokio::time::sleep(Duration::from_secs(2)).await;
     load.stop();
     let s = load.finished().await.expect("the run");
 
     assert_eq!(s.stopped_by, "stopped");
-    assert!((4.0..15.0).contains(&s.elapsed_s), "{}", s.elapsed_s);
+    assert!((5.0..15.0).contains(&s.elapsed_s), "{}", s.elapsed_s);
     let t = timeline(&s);
     assert_eq!(t.seconds.len(), s.elapsed_s.ceil() as usize, "{t:#?}");
     let first = t.first_error_second.expect("errors once b died");
-    // The kill came 2 s in: the first second was served in full.
+    // The kill came 3 s in: the first second was served in full.
     assert!(first >= 1, "{t:#?}");
     assert_eq!(t.seconds[0].outcomes.errors(), 0);
-    // Second 3 came after the kill: b's viewers fail (reset, then refused), a's do not.
-    let after = &t.seconds[3].outcomes;
-    assert!(after.ok > 0 && after.connect > 0, "{after:?}");
+    // The last whole second came after the kill: b's viewers fail (reset, then refused).
+    let last_whole = t.seconds.len() - 2;
+    let after = &t.seconds[last_whole].outcomes;
+    assert!(after.connect > 0, "{after:?}");
     assert_eq!(after.errors(), after.connect + after.closed, "{after:?}");
-    assert!(t.last_error_second >= Some(3), "{t:#?}");
+    assert!(t.last_error_second >= Some(last_whole as u32), "{t:#?}");
+    // a's viewers never fail.
     let (to_a, to_b) = (&t.by_target[0].outcomes, &t.by_target[1].outcomes);
-    assert_eq!(to_a.errors(), 0, "{to_a:?}");
+    assert!(to_a.ok > 0 && to_a.errors() == 0, "{to_a:?}");
     assert!(to_b.ok > 0 && to_b.errors() > 0, "{to_b:?}");
 }
