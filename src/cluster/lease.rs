@@ -211,10 +211,17 @@ pub fn on_request(cluster: &Cluster, request: &LeaseRequest) -> LeaseAnswer {
 /// node's own lease with whoever leads.
 pub async fn keep_lease(cluster: Cluster, metrics: Arc<Metrics>) {
     let renew_every = renew_interval(cluster.lease().duration());
-    let mut ticker = tokio::time::interval(renew_every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_round = tokio::time::Instant::now();
     loop {
-        ticker.tick().await;
+        tokio::time::sleep_until(next_round).await;
+        // Without a lease (starting, or after a leader change) try again soon: requests
+        // for this node's shards wait or fail meanwhile.
+        let wait = if cluster.lease().is_valid() {
+            renew_every
+        } else {
+            renew_every.min(Duration::from_millis(50))
+        };
+        next_round = tokio::time::Instant::now() + wait;
         metrics
             .cluster
             .lease_valid

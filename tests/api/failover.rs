@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use super::aws::{AwsFixture, endpoint};
 use super::cluster::{SECRET, heartbeat, node_with, ready, settled, status};
 use super::helpers::{TestNode, asset, eventually, sessions, user};
+use super::loadtest::{players, timeline};
 use super::proxy::Proxy;
 
 /// Short leases so that a failover takes seconds; progress is never flushed on its own
@@ -139,6 +140,19 @@ async fn acknowledge(victim: u64, survivors: &[&TestNode]) -> Acknowledged {
     }
 }
 
+/// Waits until the players' load reaches every node.
+async fn wait_for_load(nodes: &[&TestNode]) {
+    eventually("the load to reach every node", || async {
+        for n in nodes {
+            if n.metric("playstate_heartbeats_total{outcome=\"taken\"}").await < 1.0 {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+}
+
 /// Tries a 4th session of the user at the limit through `via` until the shard is served
 /// again (429), asserting it is never accepted meanwhile; returns how long that took.
 async fn refused_until_served(via: &TestNode, at_limit: &str) -> Duration {
@@ -196,11 +210,40 @@ async fn crash_keeps_what_was_acknowledged(crash_the_leader: bool) {
     let survivors: Vec<&TestNode> = nodes.iter().collect();
     let acked = acknowledge(victim, &survivors).await;
 
+    // Players on the survivors: those whose shard the crashed node owned see a dip.
+    let targets: Vec<&str> = survivors.iter().map(|n| n.addr.as_str()).collect();
+    // Far longer than the test: it is stopped, not run out.
+    let load = ::loadtest::start(players(&targets, Duration::from_secs(120))).expect("load");
+    wait_for_load(&survivors).await;
+
     victim_node.crash();
     let outage = refused_until_served(survivors[0], &acked.at_limit).await;
     eprintln!("the crashed node's shard was served again after {outage:?}");
     refused_until_served(survivors[1], &acked.at_limit).await;
     assert_kept(&acked, &survivors).await;
+    // Long enough for whole seconds of load after the failover.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    load.stop();
+    let summary = load.finished().await.expect("the load ran");
+    let t = timeline(&summary);
+    for second in &t.seconds {
+        let o = &second.outcomes;
+        eprintln!(
+            "second {:>2}: {:>5} requests, {:>5} ok, {:>4} 503, p99 {:?} µs",
+            second.second, o.requests, o.ok, o.status_503, second.p99_us
+        );
+    }
+    let first = t.first_error_second.expect("a dip while the shards had no owner");
+    let last = t.last_error_second.expect("a dip");
+    assert!(
+        (last as usize) + 2 < t.seconds.len(),
+        "the dip (seconds {first}..={last}) did not end: {t:#?}"
+    );
+    assert_eq!(
+        t.total.errors(),
+        t.total.status_503,
+        "only 503s (with Retry-After), and only while the shards had no owner: {t:#?}"
+    );
 
     let s = status(survivors[0]);
     let new_leader = s["leader"].as_u64().expect("a leader");

@@ -285,7 +285,7 @@ async fn a_graceful_stop_under_load_loses_no_progress() {
 /// A players load of `duration` against `targets`, built in code: 200 viewers 20x faster
 /// than life (a heartbeat per stream every second, progress every 250 ms), four
 /// connections on two threads.
-fn players(targets: &[&str], duration: Duration) -> Cli {
+pub(super) fn players(targets: &[&str], duration: Duration) -> Cli {
     PlayersArgs {
         common: Common {
             targets: targets.iter().map(|t| t.to_string()).collect(),
@@ -302,7 +302,7 @@ fn players(targets: &[&str], duration: Duration) -> Cli {
     .into()
 }
 
-fn timeline(s: &Summary) -> &Timeline {
+pub(super) fn timeline(s: &Summary) -> &Timeline {
     s.timeline
         .as_ref()
         .unwrap_or_else(|| panic!("players have a timeline: {s:#?}"))
