@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Reproduces README "Performance" › "Cluster": heartbeat throughput and node CPU per
-# request through 3 nodes against 1, and a join and a drain under a `players` load.
+# request through 3 nodes against 1, a join and a drain under a `players` load, and a
+# kill -9 of a follower and of the leader under a `players` load (failover).
 # Release builds; every node and the load generator share this machine. Reports land in
 # ${OUT:-target/perf-cluster}.
 #
 #   scripts/perf-cluster.sh              # everything (about 5 minutes)
-#   scripts/perf-cluster.sh heartbeat    # one part: heartbeat | join | drain
+#   scripts/perf-cluster.sh heartbeat    # one part: heartbeat | join | drain |
+#                                        #   crash-follower | crash-leader
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -95,7 +97,64 @@ drain() {
   SPARE=2 under_players_load drain-and-restart "$LOCAL stop 2 && $LOCAL start 2 && settled"
 }
 
+cluster_json() { $LOCAL status --json; }
+
+# Waits until the cluster has a leader other than node $1 and node $1 owns no shard;
+# prints when each happened, in seconds after the call.
+failed_over() {
+  local victim=$1 started; started=$(date +%s.%N)
+  local leader_at=""
+  for _ in $(seq 1 1200); do
+    local s; s=$(cluster_json 2>/dev/null) || { sleep 0.05; continue; }
+    local now; now=$(python3 -c "import time; print(round(time.time() - $started, 2))")
+    if [ -z "$leader_at" ] && python3 -c 'import json,sys; s=json.loads(sys.argv[1]); sys.exit(0 if s["leader"] not in (None, int(sys.argv[2])) else 1)' "$s" "$victim"; then
+      leader_at=$now
+    fi
+    if [ -n "$leader_at" ] && python3 -c 'import json,sys; s=json.loads(sys.argv[1]); sys.exit(0 if s["shards"].get(sys.argv[2], 0) == 0 else 1)' "$s" "$victim"; then
+      echo "a leader other than node $victim after ${leader_at} s; its shards moved after ${now} s"
+      return 0
+    fi
+    sleep 0.05
+  done
+  return 1
+}
+
+# The dip in a players run's timeline: which seconds had errors, and of what kind.
+dip() {
+  python3 - "$1" <<'PY'
+import json, sys
+t = json.load(open(sys.argv[1]))["timeline"]
+first, last = t["first_error_second"], t["last_error_second"]
+total = t["total"]
+kinds = {k: v for k, v in total.items() if k not in ("requests", "ok") and v}
+print(f"requests {total['requests']}, errors {total['requests'] - total['ok']} by kind {kinds}")
+if first is None:
+    print("no errors")
+else:
+    print(f"errors from second {first} to second {last}: a dip of {last - first + 1} s")
+    for s in t["seconds"][max(first - 1, 0): last + 2]:
+        o = s["outcomes"]
+        print(f"  second {s['second']:>3}: {o['requests']:>6} requests, {o['status_503']:>5} 503, "
+              f"{o['requests'] - o['ok'] - o['status_503']:>3} other errors, p99 {s['p99_us']} us")
+PY
+}
+
+# kill -9 of one of three nodes ($1: follower or leader) 20 s into a players load on the
+# two others (players of a dead node would be sent elsewhere by a load balancer).
+crash() {
+  local which=$1
+  fresh 3
+  local leader; leader=$(cluster_json | python3 -c 'import json,sys; print(json.load(sys.stdin)["leader"])')
+  local victim=$leader
+  [ "$which" = follower ] && victim=$((leader % 3 + 1))
+  SPARE=$victim under_players_load "crash-$which" \
+    "kill -9 \$(cat $CLUSTER_DIR/node$victim/pid) && failed_over $victim"
+  dip "$OUT/crash-$which.json" | tee -a "$OUT/crash-$which.txt"
+}
+crash-follower() { crash follower; }
+crash-leader() { crash leader; }
+
 parts=("$@")
-[ ${#parts[@]} -gt 0 ] || parts=(heartbeat join drain)
+[ ${#parts[@]} -gt 0 ] || parts=(heartbeat join drain crash-follower crash-leader)
 for part in "${parts[@]}"; do "$part"; done
 echo "reports in $OUT" >&2
