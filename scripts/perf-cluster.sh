@@ -133,9 +133,8 @@ if first is None:
 else:
     print(f"errors from second {first} to second {last}: a dip of {last - first + 1} s")
     for s in t["seconds"][max(first - 1, 0): last + 2]:
-        o = s["outcomes"]
-        print(f"  second {s['second']:>3}: {o['requests']:>6} requests, {o['status_503']:>5} 503, "
-              f"{o['requests'] - o['ok'] - o['status_503']:>3} other errors, p99 {s['p99_us']} us")
+        print(f"  second {s['second']:>3}: {s['requests']:>6} requests, {s['status_503']:>5} 503, "
+              f"{s['requests'] - s['ok'] - s['status_503']:>3} other errors, p99 {s['p99_us']} us")
 PY
 }
 

@@ -98,6 +98,9 @@ struct Inner {
 struct ShardActors {
     /// Whether requests for this shard are served here now.
     serving: bool,
+    /// Rises with each export, so that an export given up and begun again can tell it
+    /// was superseded.
+    exports: u64,
     actors: HashMap<UserId, Entry>,
 }
 
@@ -321,15 +324,22 @@ impl Registry {
     /// Stops serving `shard` and collects the state of its users once every request that
     /// reached them has been answered and their progress is stored. The actors stay,
     /// unreachable, until `release` (the shard went elsewhere) or `serve` (it did not).
-    pub async fn export(&self, shard: ShardId) -> Vec<UserHandoff> {
-        let addrs: Vec<(UserId, Addr<UserActor>)> = {
+    ///
+    /// `None` when another export of the shard began meanwhile (the leader gave this one
+    /// up and began the move again): the actors now report to that one, so what this one
+    /// collected is incomplete and must not be sent, and the shard is that one's to serve
+    /// again or hand over.
+    pub async fn export(&self, shard: ShardId) -> Option<Vec<UserHandoff>> {
+        let (round, addrs): (u64, Vec<(UserId, Addr<UserActor>)>) = {
             let mut write = self.shard(shard).write().expect("not poisoned");
             write.serving = false;
-            write
+            write.exports += 1;
+            let addrs = write
                 .actors
                 .iter()
                 .map(|(user, entry)| (user.clone(), entry.addr.clone()))
-                .collect()
+                .collect();
+            (write.exports, addrs)
         };
         let exports = addrs.into_iter().map(|(user, addr)| async move {
             let (done, slots) = tokio::sync::oneshot::channel();
@@ -338,11 +348,16 @@ impl Registry {
             let slots = slots.await.unwrap_or_default();
             UserHandoff { user, slots }
         });
-        futures_util::future::join_all(exports)
+        let users: Vec<UserHandoff> = futures_util::future::join_all(exports)
             .await
             .into_iter()
             .filter(|h| h.slots.held() > 0)
-            .collect()
+            .collect();
+        self.is_last_export(shard, round).then_some(users)
+    }
+
+    fn is_last_export(&self, shard: ShardId, round: u64) -> bool {
+        self.shard(shard).read().expect("not poisoned").exports == round
     }
 
     /// Lets go of the actors of a shard this node no longer owns. Each flushes anything

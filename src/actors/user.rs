@@ -607,12 +607,17 @@ impl Handler<Export> for UserActor {
     type Result = ();
 
     fn handle(&mut self, msg: Export, ctx: &mut Context<Self>) {
-        if self.leaving() {
+        match &mut self.lifecycle {
+            // Still storing its progress for an export that was given up (the leader
+            // stopped waiting and began the move again): it reports to this one.
+            Lifecycle::Exporting(done) => *done = msg.done,
+            Lifecycle::Serving => {
+                self.lifecycle = Lifecycle::Exporting(msg.done);
+                self.settle(ctx);
+            }
             // Already stopping or moving: its successor is what the export will find.
-            return;
+            Lifecycle::Evacuating | Lifecycle::Stopping(_) => {}
         }
-        self.lifecycle = Lifecycle::Exporting(msg.done);
-        self.settle(ctx);
     }
 }
 

@@ -152,16 +152,28 @@ struct ShardImport {
 }
 
 /// Old owner: stop serving the shards, store their users' progress, and send their live
-/// slots to the new owner. On failure the shards are served here again.
+/// slots to the new owner. On failure the leader gives the moves up, and the shards are
+/// served here again when this node sees that (`follow_shard_table`), not before: this
+/// export may have been given up and begun again meanwhile (the store was slow, the
+/// leader stopped waiting), and only the latest may decide.
 async fn export(state: web::Data<AppState>, request: web::Json<ExportRequest>) -> HttpResponse {
     let ExportRequest { to, shards } = request.into_inner();
     let users = state.users.registry();
     let mut imports = Vec::with_capacity(shards.len());
     for (shard, epoch) in &shards {
+        let Some(exported) = users.export(*shard).await else {
+            tracing::info!(
+                shard = shard.0,
+                "handoff: a later export of this shard began; this one stops"
+            );
+            return HttpResponse::Conflict().json(serde_json::json!({
+                "error": format!("superseded by a later export of shard {}", shard.0)
+            }));
+        };
         imports.push(ShardImport {
             shard: *shard,
             epoch: *epoch,
-            users: users.export(*shard).await,
+            users: exported,
         });
     }
     let moved: usize = imports.iter().map(|i| i.users.len()).sum();
@@ -189,11 +201,7 @@ async fn export(state: web::Data<AppState>, request: web::Json<ExportRequest>) -
             HttpResponse::Ok().json(ExportDone { users: moved })
         }
         Err(why) => {
-            tracing::warn!(to, error = %why, "handoff: the new owner did not take the shards; serving them again");
-            for (shard, _) in &shards {
-                users.serve(*shard);
-            }
-            state.users.router().nudge();
+            tracing::warn!(to, error = %why, "handoff: the new owner did not take the shards");
             HttpResponse::ServiceUnavailable().json(serde_json::json!({ "error": why }))
         }
     }
@@ -201,6 +209,8 @@ async fn export(state: web::Data<AppState>, request: web::Json<ExportRequest>) -
 
 /// New owner: hold the slots handed over until the shard is ours. Waits for this node's
 /// table to show the move, so an older table cannot make it drop what it just received.
+/// Only while the move is on: an import that arrives after it finished (or was given up)
+/// is from an export given up earlier, older than what this node holds.
 async fn import(state: web::Data<AppState>, imports: web::Json<Vec<ShardImport>>) -> HttpResponse {
     let router = state.users.router();
     let me = router.local();
@@ -210,11 +220,11 @@ async fn import(state: web::Data<AppState>, imports: web::Json<Vec<ShardImport>>
         loop {
             let mut changes = router.subscribe();
             let table = router.table();
-            let known = table.moving_to(import.shard) == Some(me)
-                || table
+            let moving_here = table.moving_to(import.shard) == Some(me)
+                && table
                     .owner(import.shard)
-                    .is_some_and(|o| o.epoch > import.epoch);
-            if known {
+                    .is_some_and(|o| o.epoch == import.epoch);
+            if moving_here {
                 break;
             }
             let left = wait.saturating_sub(started.elapsed());

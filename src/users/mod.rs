@@ -365,11 +365,14 @@ impl Users {
                 Some(owner) if owner.epoch == epoch && owner.node != self.router.local() => {
                     return ForwardedReply::Moved;
                 }
-                Some(owner) if owner.epoch == epoch && !self.lease.is_valid() => {
-                    if self.lease.ever_held() {
-                        return ForwardedReply::Unavailable(UnavailableReason::NoLease.to_string());
-                    }
+                // As in `call`: a node that lost its lease answers at once, one that has
+                // not had one yet waits for it.
+                Some(owner)
+                    if owner.epoch == epoch && !self.lease.is_valid() && self.lease.ever_held() =>
+                {
+                    return ForwardedReply::Unavailable(UnavailableReason::NoLease.to_string());
                 }
+                Some(owner) if owner.epoch == epoch && !self.lease.is_valid() => {}
                 Some(owner) if owner.epoch == epoch => {
                     match self.registry.call(shard, &user, command).await {
                         Ok(reply) => return ForwardedReply::Done(reply),

@@ -107,6 +107,34 @@ pub(super) async fn settled(node: &TestNode, members: usize) -> Value {
     .await
 }
 
+/// Where `via`'s table routes `user`: owner, backup, shard, epoch.
+pub(super) async fn route(via: &TestNode, user: &str) -> Value {
+    via.client
+        .get(format!(
+            "http://{}/cluster/admin/route/{user}",
+            via.cluster_addr
+        ))
+        .bearer_auth(SECRET)
+        .send()
+        .await
+        .expect("route")
+        .json()
+        .await
+        .expect("route is JSON")
+}
+
+/// `count` new users whose shard `node` owns.
+pub(super) async fn users_of(via: &TestNode, node: u64, count: usize) -> Vec<String> {
+    let mut found = Vec::new();
+    while found.len() < count {
+        let candidate = user();
+        if route(via, &candidate).await["owner"] == json!(node) {
+            found.push(candidate);
+        }
+    }
+    found
+}
+
 pub(super) async fn ready(node: &TestNode) {
     eventually("the node to be ready", || async {
         (node.get("/ready").await.status() == 200).then_some(())

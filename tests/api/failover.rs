@@ -7,11 +7,11 @@
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::aws::{AwsFixture, endpoint};
-use super::cluster::{SECRET, heartbeat, node_with, ready, settled, status};
-use super::helpers::{TestNode, asset, eventually, sessions, user};
+use super::cluster::{heartbeat, node_with, ready, settled, status, users_of};
+use super::helpers::{TestNode, asset, eventually, sessions};
 use super::loadtest::{players, timeline};
 use super::proxy::Proxy;
 
@@ -47,34 +47,6 @@ async fn three_nodes(aws: &AwsFixture) -> Vec<TestNode> {
     }
     settled(&nodes[0], 3).await;
     nodes
-}
-
-/// Where `via`'s table routes `user`: owner, backup, shard, epoch.
-async fn route(via: &TestNode, user: &str) -> Value {
-    via.client
-        .get(format!(
-            "http://{}/cluster/admin/route/{user}",
-            via.cluster_addr
-        ))
-        .bearer_auth(SECRET)
-        .send()
-        .await
-        .expect("route")
-        .json()
-        .await
-        .expect("route is JSON")
-}
-
-/// `count` new users whose shard `node` owns.
-async fn users_of(via: &TestNode, node: u64, count: usize) -> Vec<String> {
-    let mut found = Vec::new();
-    while found.len() < count {
-        let candidate = user();
-        if route(via, &candidate).await["owner"] == json!(node) {
-            found.push(candidate);
-        }
-    }
-    found
 }
 
 async fn metric_sum(nodes: &[&TestNode], series: &str) -> f64 {
@@ -144,7 +116,10 @@ async fn acknowledge(victim: u64, survivors: &[&TestNode]) -> Acknowledged {
 async fn wait_for_load(nodes: &[&TestNode]) {
     eventually("the load to reach every node", || async {
         for n in nodes {
-            if n.metric("playstate_heartbeats_total{outcome=\"taken\"}").await < 1.0 {
+            if n.metric("playstate_heartbeats_total{outcome=\"taken\"}")
+                .await
+                < 1.0
+            {
                 return None;
             }
         }
@@ -233,7 +208,9 @@ async fn crash_keeps_what_was_acknowledged(crash_the_leader: bool) {
             second.second, o.requests, o.ok, o.status_503, second.p99_us
         );
     }
-    let first = t.first_error_second.expect("a dip while the shards had no owner");
+    let first = t
+        .first_error_second
+        .expect("a dip while the shards had no owner");
     let last = t.last_error_second.expect("a dip");
     assert!(
         (last as usize) + 2 < t.seconds.len(),
