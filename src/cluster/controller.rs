@@ -56,7 +56,8 @@ pub async fn run(cluster: Cluster, metrics: Arc<Metrics>) {
         tokio::select! {
             changed = raft_metrics.changed() => if changed.is_err() { return },
             _ = changes.changed() => {},
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {},
+            // Often enough that a failover comes soon after `failover_after`.
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {},
         }
     }
 }
