@@ -361,7 +361,42 @@ impl Cluster {
             id: self.inner.id.0,
             addr: self.inner.addr.clone(),
         };
-        self.expect_applied(request).await
+        // A node removed while it was down (`cluster remove`) hears from no leader again:
+        // it learns its fate from the others instead of waiting for one.
+        tokio::select! {
+            joined = self.expect_applied(request) => joined,
+            () = self.until_others_see_me_gone() => Err(ClusterError::Removed(self.inner.id.0)),
+        }
+    }
+
+    /// Returns once a member that has a leader reports this node in neither its member
+    /// list nor its Raft membership.
+    async fn until_others_see_me_gone(&self) {
+        let me = self.inner.id.0;
+        loop {
+            let others: Vec<String> = self
+                .state()
+                .members
+                .iter()
+                .filter(|(id, _)| id.0 != me)
+                .map(|(_, m)| m.addr.cluster_addr.clone())
+                .collect();
+            for addr in others {
+                let report = self
+                    .inner
+                    .peers
+                    .get::<StatusReport>(&addr, "/cluster/admin/status", Duration::from_secs(2))
+                    .await;
+                if let Ok(report) = report
+                    && report.leader.is_some_and(|l| l != me)
+                    && !report.raft_members.contains(&me)
+                    && !report.members.iter().any(|m| m.id == me)
+                {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Commits `request` and fails unless it was applied.
@@ -633,31 +668,9 @@ impl Cluster {
     /// After this node was removed: waits until the remaining members have taken it out
     /// of the Raft membership too, so that they can elect a leader without it.
     pub async fn wait_out_of_membership(&self, timeout: Duration) -> bool {
-        let me = self.inner.id.0;
-        let started = Instant::now();
-        while started.elapsed() < timeout {
-            let others: Vec<String> = self
-                .state()
-                .members
-                .values()
-                .map(|m| m.addr.cluster_addr.clone())
-                .collect();
-            for addr in others {
-                let report = self
-                    .inner
-                    .peers
-                    .get::<StatusReport>(&addr, "/cluster/admin/status", Duration::from_secs(2))
-                    .await;
-                if let Ok(report) = report
-                    && report.leader.is_some_and(|l| l != me)
-                    && !report.raft_members.contains(&me)
-                {
-                    return true;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        false
+        tokio::time::timeout(timeout, self.until_others_see_me_gone())
+            .await
+            .is_ok()
     }
 
     /// Keeps the Raft gauges current; runs for the node's life.

@@ -10,7 +10,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use super::aws::{AwsFixture, endpoint};
-use super::cluster::{heartbeat, node_with, ready, settled, status, users_of};
+use super::cluster::{cli, heartbeat, node_with, ready, settled, status, users_of};
 use super::helpers::{TestNode, asset, eventually, sessions};
 use super::loadtest::{players, timeline};
 use super::proxy::Proxy;
@@ -241,6 +241,31 @@ async fn crash_keeps_what_was_acknowledged(crash_the_leader: bool) {
     );
     assert!(metric_sum(&survivors, "playstate_failover_shards_total").await > 0.0);
 
+    if crash_the_leader {
+        // Its machine is gone: the operator removes it, and it may never serve again.
+        let id = victim.to_string();
+        cli(&[
+            "remove",
+            "--node-id",
+            &id,
+            "--cluster-addr",
+            &survivors[0].cluster_addr,
+        ]);
+        let s = settled(survivors[0], 2).await;
+        assert!(
+            s["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|m| m["id"] != json!(victim)),
+            "{s}"
+        );
+        let (exit, output) = victim_node.run_to_exit();
+        assert!(!exit.success(), "a removed node must not start");
+        assert!(output.contains("was removed from the cluster"), "{output}");
+        assert_kept(&acked, &survivors).await;
+        return;
+    }
     // It comes back on its data dir: it catches up, gets shards again, nothing is lost.
     let back = victim_node.start_again().await;
     ready(&back).await;
@@ -257,7 +282,7 @@ async fn a_crashed_follower_frees_no_slot_and_loses_nothing_acknowledged() {
 }
 
 #[tokio::test]
-async fn a_crashed_leader_is_replaced_and_frees_no_slot() {
+async fn a_crashed_leader_is_replaced_frees_no_slot_and_can_be_removed() {
     crash_keeps_what_was_acknowledged(true).await;
 }
 

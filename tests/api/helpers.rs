@@ -176,7 +176,10 @@ impl TestNode {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let sink = Arc::clone(&logs);
         std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            // Bytes, not `lines()`: a line that is not UTF-8 must not end the reading, or
+            // the node would block once its stdout pipe is full.
+            for line in BufReader::new(stdout).split(b'\n').map_while(Result::ok) {
+                let line = String::from_utf8_lossy(&line).into_owned();
                 if let Ok(json) = serde_json::from_str::<Value>(&line)
                     && json["message"] == "listening"
                 {
@@ -205,7 +208,13 @@ impl TestNode {
             cluster_addr,
             args,
             env,
-            client: reqwest::Client::new(),
+            // Idle connections are dropped well before the node's keep-alive timeout
+            // (5 s) closes them: reusing one the node is closing fails the request
+            // (`IncompleteMessage`), e.g. after a test blocked on a CLI run.
+            client: reqwest::Client::builder()
+                .pool_idle_timeout(Duration::from_secs(2))
+                .build()
+                .expect("a client"),
             data_dir: data_dir.to_path_buf(),
             config_file: config_file.to_path_buf(),
             logs,
@@ -350,7 +359,7 @@ impl TestNode {
             .get(self.url(path))
             .send()
             .await
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+            .unwrap_or_else(|e| panic!("GET {path}: {e:?}"))
     }
 
     /// A request as `user` (bearer token with `sub = user`).
@@ -365,19 +374,19 @@ impl TestNode {
             .header("authorization", format!("Bearer {}", unsigned_token(user)))
     }
 
-    /// The metrics, by series (`name{labels}`), summed over nothing: one value per series.
     /// `GET path` as `user`, answered with JSON.
     pub async fn get_json(&self, path: &str, user: &str) -> Value {
         self.as_user(reqwest::Method::GET, path, user)
             .send()
             .await
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+            .unwrap_or_else(|e| panic!("GET {path}: {e:?}"))
             .json()
             .await
             .unwrap_or_else(|e| panic!("GET {path}: not JSON: {e}"))
     }
 
-    /// With an owner behind this node, each series is the sum over both: requests are
+    /// The metrics, by series (`name{labels}`), one value per series. With an owner
+    /// behind this node, each series is the sum over both: requests are
     /// counted where they arrive, user state where it lives.
     pub async fn metrics(&self) -> HashMap<String, f64> {
         let mut all = self.own_metrics().await;
