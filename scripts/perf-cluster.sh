@@ -54,10 +54,12 @@ heartbeat() {
   done
 }
 
-# A players load on the running nodes for 70 s; `change` happens 20 s in.
+# A players load on the running nodes for 70 s; `change` happens 20 s in. ${VIEWERS}
+# viewers: the nodes share a DynamoDB emulator (moto, one Python process), which keeps up
+# with about 1,000 (500 requests/s) on this machine, far below what the nodes could serve.
 under_players_load() {
   local label=$1 change=$2
-  load "$label" players --viewers 5000 --connections 64 --duration 70s &
+  load "$label" players --viewers "${VIEWERS:-1000}" --connections 32 --duration 70s &
   local loader=$!
   sleep 20
   local started; started=$(date +%s.%N)

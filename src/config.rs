@@ -216,7 +216,7 @@ pub struct ClusterConfig {
     /// Raft leader heartbeat.
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
-    /// Raft election timeout (randomized between this and twice this).
+    /// Raft election timeout (randomized between this and 1.25 × this).
     #[serde(with = "humantime_serde")]
     pub election_timeout: Duration,
     /// Raft log entries between snapshots.
