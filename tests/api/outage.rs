@@ -126,3 +126,39 @@ create_queue = true
     assert_eq!(delivered, expected, "{events:?}");
     assert_eq!(node.metric("playstate_outbox_depth").await, 0.0);
 }
+
+/// A single node (no backups) that crashes with unstored progress loses it, and says so:
+/// its next start counts exactly the entries that were not stored.
+#[tokio::test]
+async fn a_crash_counts_exactly_the_progress_it_lost() {
+    let config = "[progress]\nflush_interval = \"60s\"\n";
+    let mut node = TestNode::spawn_with(config, &[], &[]).await;
+    let asset = asset();
+    let readers: Vec<String> = (0..3).map(|_| user()).collect();
+    for reader in &readers {
+        let put = node
+            .as_user(Method::PUT, &format!("/v1/progress/{asset}"), reader)
+            .json(&json!({ "progress": 77 }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(put.status(), 200);
+    }
+    // The node records what a crash would lose (once a second): wait until it has.
+    let marker = node.data_dir.join("unflushed");
+    eventually("the unflushed count to be recorded", || async {
+        (std::fs::read_to_string(&marker).ok()?.trim() == "3").then_some(())
+    })
+    .await;
+    node.crash();
+    let node = node.start_again().await;
+    assert_eq!(node.metric("playstate_progress_lost_total").await, 3.0);
+    for reader in &readers {
+        let read = node
+            .as_user(Method::GET, &format!("/v1/progress/{asset}"), reader)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(read.status(), 404, "the lost progress of {reader} is gone");
+    }
+}
