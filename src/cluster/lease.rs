@@ -20,7 +20,9 @@
 //! Its last grants end at most a lease and two rounds after that election; a new leader
 //! does not know when its predecessor last granted anyone, so it counts every member as
 //! granted at its own election, and `failover_after` is validated to exceed the lease by
-//! those two rounds and a margin.
+//! those two rounds and a margin. (It waits only that minimum, not all of
+//! `failover_after`, for members it never heard from: its predecessor's grants end at
+//! most a lease and two rounds after the election, whatever `failover_after` says.)
 //!
 //! All times are each node's own monotonic clock; only durations are compared across
 //! nodes, and the margin in `failover_after` covers clocks that run at slightly
@@ -116,6 +118,9 @@ pub struct Grants {
     confirmed_at: AtomicU64,
     /// How long after a confirmed check this leader may grant.
     grant_window: Duration,
+    /// How long after this leader's election a member it never granted may still hold a
+    /// lease from its predecessor (see the module doc).
+    after_election: Duration,
     view: std::sync::Mutex<Option<LeaderView>>,
 }
 
@@ -132,12 +137,14 @@ impl Grants {
             origin: Instant::now(),
             confirmed_at: AtomicU64::new(0),
             grant_window: renew_interval(lease) * 2,
+            after_election: min_failover_after(lease),
             view: std::sync::Mutex::new(None),
         }
     }
 
-    /// Members this leader has not granted for `silent_for` (counting from its election
-    /// for those it never granted). Empty on a node that is not the leader.
+    /// Members this leader has not granted for `silent_for`, and those it never granted
+    /// once its predecessor's grants have surely run out. Empty on a node that is not
+    /// the leader.
     pub fn silent(
         &self,
         members: impl Iterator<Item = NodeId>,
@@ -150,8 +157,13 @@ impl Grants {
         let now = Instant::now();
         members
             .filter(|id| {
-                let granted = view.last_grant.get(id).copied().unwrap_or(view.since);
-                now.saturating_duration_since(granted) > silent_for
+                let (since, wait) = match view.last_grant.get(id) {
+                    Some(granted) => (*granted, silent_for),
+                    // Its predecessor's last grants run out sooner than `silent_for`
+                    // allows: a lease, two rounds and the margin after the election.
+                    None => (view.since, silent_for.min(self.after_election)),
+                };
+                now.saturating_duration_since(since) > wait
             })
             .collect()
     }
