@@ -704,6 +704,7 @@ async fn follow_shard_table(
         incoming.resize(shards, false);
         let mut resumed = false;
         let mut count = 0;
+        let mut failed_over = Vec::new();
         for index in 0..shards {
             let shard = ShardId(index as u32);
             let owner = table.owner(shard).filter(|o| o.node == me);
@@ -715,7 +716,11 @@ async fn follow_shard_table(
                     && owner.by_failover
                     && let Some(backup) = users.backups().take_for(shard, owner.epoch)
                 {
-                    users.recover_shard(shard, backup).await;
+                    // Served once its backed-up state is in place, below.
+                    failed_over.push((shard, backup));
+                    owned[index] = true;
+                    incoming[index] = moving_in;
+                    continue;
                 }
                 let move_given_up = !table.is_moving(shard);
                 if (gained || move_given_up) && !registry.is_serving(shard) {
@@ -735,6 +740,14 @@ async fn follow_shard_table(
             }
             owned[index] = owner.is_some();
             incoming[index] = moving_in;
+        }
+        if !failed_over.is_empty() {
+            let shards: Vec<ShardId> = failed_over.iter().map(|(shard, _)| *shard).collect();
+            users.recover_shards(failed_over).await;
+            for shard in shards {
+                registry.serve(shard);
+            }
+            resumed = true;
         }
         metrics.cluster.shards_owned.set(count);
         metrics

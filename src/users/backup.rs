@@ -200,15 +200,16 @@ pub(super) async fn send_backups(users: Users, peers: Peers, interval: Duration)
 }
 
 impl Users {
-    /// Takes over a shard that came here by failover: stores the backed-up progress (its
-    /// old owner may have crashed before storing it), then holds the backed-up slots with
-    /// fresh leases. Waits out a store outage: the shard is not served until both are
-    /// done, so nobody reads progress older than what was acknowledged.
-    pub async fn recover_shard(&self, shard: ShardId, backup: ShardBackup) {
+    /// Takes over shards that came here by failover: stores the backed-up progress (their
+    /// old owner may have crashed before storing it), all shards in one go, then holds
+    /// the backed-up slots with fresh leases. Waits out a store outage: the caller serves
+    /// the shards only after this, so nobody reads progress older than what was
+    /// acknowledged.
+    pub async fn recover_shards(&self, shards: Vec<(ShardId, ShardBackup)>) {
         let services = self.registry.services();
-        let progress: Vec<ProgressItem> = backup
-            .users
+        let progress: Vec<ProgressItem> = shards
             .iter()
+            .flat_map(|(_, backup)| &backup.users)
             .flat_map(|(user, kept)| {
                 kept.progress
                     .iter()
@@ -226,7 +227,7 @@ impl Users {
                 Ok(()) => break,
                 Err(e) => {
                     attempt += 1;
-                    tracing::warn!(shard = shard.0, error = %e, "cannot store recovered progress yet; the shard waits");
+                    tracing::warn!(shards = shards.len(), error = %e, "cannot store recovered progress yet; the shards wait");
                     tokio::time::sleep(crate::retry::backoff(
                         attempt,
                         Duration::from_millis(200),
@@ -237,31 +238,31 @@ impl Users {
             }
         }
         let now = services.clock.now();
-        let handoffs: Vec<UserHandoff> = backup
-            .users
-            .into_iter()
-            .filter_map(|(user, kept)| {
-                let mut slots = kept.slots.filter(|s| s.held() > 0)?;
-                slots.refresh(now, |origin| self.policy.lease_for(origin));
-                Some(UserHandoff { user, slots })
-            })
-            .collect();
-        let slots: usize = handoffs.iter().map(|h| h.slots.held()).sum();
-        let metrics = &services.metrics;
+        let mut slots = 0;
+        let count = shards.len();
+        for (shard, backup) in shards {
+            let handoffs: Vec<UserHandoff> = backup
+                .users
+                .into_iter()
+                .filter_map(|(user, kept)| {
+                    let mut held = kept.slots.filter(|s| s.held() > 0)?;
+                    held.refresh(now, |origin| self.policy.lease_for(origin));
+                    slots += held.held();
+                    Some(UserHandoff { user, slots: held })
+                })
+                .collect();
+            self.registry.install(shard, handoffs);
+        }
+        let metrics = &services.metrics.cluster;
+        metrics.failover_slots_recovered.inc_by(slots as u64);
         metrics
-            .cluster
-            .failover_slots_recovered
-            .inc_by(slots as u64);
-        metrics
-            .cluster
             .failover_progress_recovered
             .inc_by(progress.len() as u64);
         tracing::info!(
-            shard = shard.0,
+            shards = count,
             slots,
             progress = progress.len(),
-            "took over a shard by failover from its backup copy"
+            "took over shards by failover from their backup copies"
         );
-        self.registry.install(shard, handoffs);
     }
 }
