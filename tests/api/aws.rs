@@ -78,17 +78,25 @@ backend = "dynamodb"
 [store.dynamodb]
 table = "{table}"
 create_table = true
-[events]
-sink = "sqs"
-[events.sqs]
-queue_name = "{queue}"
-create_queue = true
+{events}
 {aws}
 {extra}
 "#,
             table = self.table,
-            queue = self.queue,
+            events = self.events_section(),
             aws = self.aws_section(),
+        )
+    }
+
+    /// The `[events]` sections that send BI events to this fixture's queue.
+    pub fn events_section(&self) -> String {
+        format!(
+            r#"[events]
+sink = "sqs"
+[events.sqs]
+queue_name = "{queue}"
+create_queue = true"#,
+            queue = self.queue,
         )
     }
 

@@ -80,18 +80,7 @@ async fn events_queued_at_a_crash_are_delivered_after_the_restart() {
     let mut emulator = PrivateEmulator::start().await;
     let aws = AwsFixture::new(&emulator.endpoint()).await;
     // The users' data in the embedded store, which stays up; only the queue goes away.
-    let config = format!(
-        r#"
-[events]
-sink = "sqs"
-[events.sqs]
-queue_name = "{queue}"
-create_queue = true
-{aws}
-"#,
-        queue = aws.queue,
-        aws = aws.aws_section(),
-    );
+    let config = format!("{}\n{}\n", aws.events_section(), aws.aws_section());
     let mut node = TestNode::spawn_with(&config, &[], &[]).await;
     let u = user();
     let edit = |node: &TestNode, a: &str| {
