@@ -179,9 +179,9 @@ fn jwt_verifier(config: &Config) -> io::Result<Option<JwtVerifier>> {
 
 /// Records how much acknowledged progress is not yet stored and held by no backup, so
 /// that after a crash the next start can say how much was lost (what backups held was
-/// stored by the nodes that took the shards over). Written at most once a second, off the hot path,
-/// and once more at exit with what this run lost, so a loss counted only in the metrics
-/// of a process that is gone still shows after the restart.
+/// stored by the nodes that took the shards over). Written at most once a second, off
+/// the hot path, and once more at exit with what this run lost, so a loss counted only
+/// in the metrics of a process that is gone still shows after the restart.
 struct UnflushedMarker {
     path: PathBuf,
     /// What the previous run left, already added to `progress_lost` at start.
@@ -372,7 +372,7 @@ impl Node {
             clock: clock.clone(),
             metrics: metrics.clone(),
             lease: cluster.lease().clone(),
-            backups: Arc::default(),
+            backup_feed: Arc::default(),
         });
         let catalog = match config.catalog.kind {
             CatalogKind::None => Catalog::Open,
@@ -621,7 +621,6 @@ fn cluster_settings(config: &Config) -> ClusterSettings {
         snapshot_every: c.snapshot_every,
         ownership_lease: c.ownership_lease,
         failover_after: c.failover_after,
-        backup_interval: c.backup_interval,
         secret: c.secret.clone(),
         shared_store: config.shared_store(),
     }
@@ -782,7 +781,7 @@ async fn record_unflushed(services: Arc<UserServices>, marker: Arc<UnflushedMark
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         // What a crash now would lose: with backups, only what they do not hold yet.
-        let now = services.backups.unbacked(services.dirty.used());
+        let now = services.backup_feed.unbacked(services.dirty.used());
         if now != last {
             marker.record(now);
             last = now;

@@ -23,7 +23,8 @@ pub struct UserServices {
     /// Progress is stored only while it holds: once it has run out, the shard may be
     /// about to move by failover, and the new owner stores the backed-up copy.
     pub lease: Arc<OwnershipLease>,
-    pub backups: Arc<BackupFeed>,
+    /// Where actors leave changes for their shards' backup nodes.
+    pub backup_feed: Arc<BackupFeed>,
 }
 
 /// How many unflushed progress entries this node may hold: bounds the memory (and the

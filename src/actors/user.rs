@@ -290,7 +290,7 @@ impl UserActor {
 
     /// Tells the shard's backup node about a change (see `domain::backup`).
     fn back_up(&self, part: Part) {
-        let feed = &self.services.backups;
+        let feed = &self.services.backup_feed;
         if !feed.is_enabled() {
             return;
         }

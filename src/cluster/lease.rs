@@ -73,7 +73,8 @@ impl OwnershipLease {
     }
 
     /// Time left on the lease (zero when it has run out).
-    pub fn remaining(&self) -> Duration {
+    #[cfg(test)]
+    fn remaining(&self) -> Duration {
         let until = self.valid_until.load(Ordering::Acquire);
         Duration::from_millis(until.saturating_sub(self.millis(Instant::now())))
     }

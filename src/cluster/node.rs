@@ -35,7 +35,6 @@ pub struct ClusterSettings {
     pub snapshot_every: u64,
     pub ownership_lease: Duration,
     pub failover_after: Duration,
-    pub backup_interval: Duration,
     pub secret: String,
     /// The user store every member must share (see `Config::shared_store`); `None` when
     /// this node's store is its own, so that no other node may join.

@@ -102,7 +102,7 @@ impl BackupHolder {
 /// Runs for the node's life: every `interval` (or at once when a slot was taken), sends
 /// what changed on the shards this node owns to their backups.
 pub(super) async fn send_backups(users: Users, peers: Peers, interval: Duration) {
-    let feed = std::sync::Arc::clone(&users.registry().services().backups);
+    let feed = std::sync::Arc::clone(&users.registry().services().backup_feed);
     let me = users.router().local();
     // Shards whose backup has everything up to now: (backup node, epoch) it was sent at.
     let mut synced: HashMap<ShardId, (NodeId, u64)> = HashMap::new();
