@@ -703,11 +703,13 @@ async fn follow_shard_table(
         incoming.resize(shards, false);
         let mut resumed = false;
         let mut count = 0;
+        let mut moving = 0;
         let mut failed_over = Vec::new();
         for index in 0..shards {
             let shard = ShardId(index as u32);
             let owner = table.owner(shard).filter(|o| o.node == me);
             let moving_in = table.moving_to(shard) == Some(me);
+            moving += i64::from(table.is_moving(shard));
             if let Some(owner) = owner {
                 count += 1;
                 let gained = !owned[index];
@@ -749,6 +751,8 @@ async fn follow_shard_table(
             resumed = true;
         }
         metrics.cluster.shards_owned.set(count);
+        metrics.cluster.shards.set(shards as i64);
+        metrics.cluster.shards_moving.set(moving);
         metrics
             .cluster
             .backup_users

@@ -66,12 +66,15 @@ pub struct ClusterMetrics {
     pub term: IntGauge,
     pub last_applied: IntGauge,
     pub shards_owned: IntGauge,
+    pub shards: IntGauge,
+    pub shards_moving: IntGauge,
     forwarded: IntCounterVec,
     pub forward_duration: Histogram,
     pub forward_requests: IntCounter,
     pub shards_moved: IntCounter,
     pub handoff_duration: Histogram,
     pub handoff_waited: IntCounter,
+    pub handoff_failures: IntCounter,
     pub failover_shards: IntCounter,
     pub failover_slots_recovered: IntCounter,
     pub failover_progress_recovered: IntCounter,
@@ -107,6 +110,15 @@ impl ClusterMetrics {
                 "Index of the last Raft log entry this node applied.",
             ),
             shards_owned: gauge("playstate_cluster_shards_owned", "Shards this node owns."),
+            shards: gauge(
+                "playstate_cluster_shards",
+                "Shards in the cluster's shard table (cluster.shards), as this node sees it.",
+            ),
+            shards_moving: gauge(
+                "playstate_cluster_shards_moving",
+                "Shards being handed from one node to another, as this node's shard table \
+                 says.",
+            ),
             forwarded: IntCounterVec::new(
                 Opts::new(
                     "playstate_forwarded_commands_total",
@@ -138,6 +150,11 @@ impl ClusterMetrics {
             handoff_waited: counter(
                 "playstate_handoff_waited_requests_total",
                 "Requests that waited for a shard being handed over (or for a table).",
+            ),
+            handoff_failures: counter(
+                "playstate_handoff_failures_total",
+                "Handoff batches the leader gave up (their shards stay with the old owner \
+                 until a later move).",
             ),
             failover_shards: counter(
                 "playstate_failover_shards_total",
@@ -191,12 +208,15 @@ impl ClusterMetrics {
             Box::new(self.term.clone()),
             Box::new(self.last_applied.clone()),
             Box::new(self.shards_owned.clone()),
+            Box::new(self.shards.clone()),
+            Box::new(self.shards_moving.clone()),
             Box::new(self.forwarded.clone()),
             Box::new(self.forward_duration.clone()),
             Box::new(self.forward_requests.clone()),
             Box::new(self.shards_moved.clone()),
             Box::new(self.handoff_duration.clone()),
             Box::new(self.handoff_waited.clone()),
+            Box::new(self.handoff_failures.clone()),
             Box::new(self.failover_shards.clone()),
             Box::new(self.failover_slots_recovered.clone()),
             Box::new(self.failover_progress_recovered.clone()),
@@ -215,6 +235,7 @@ pub struct Metrics {
     pub store_errors: IntCounter,
     pub progress_updates: IntCounter,
     pub progress_dirty_entries: IntGauge,
+    pub progress_dirty_budget: IntGauge,
     pub progress_refused: IntCounter,
     pub flush_duration: Histogram,
     pub flush_failures: IntCounter,
@@ -222,8 +243,10 @@ pub struct Metrics {
     pub failover_progress_discarded: IntCounter,
     bi_events: IntCounterVec,
     pub outbox_depth: IntGauge,
+    pub outbox_capacity: IntGauge,
     trailer_messages: IntCounterVec,
     tmdb_requests: IntCounterVec,
+    pub tmdb_last_status: IntGauge,
     trailer_lookups: IntCounterVec,
     trailer_refreshes: IntCounterVec,
     pub trailer_cache_entries: IntGauge,
@@ -308,6 +331,13 @@ impl Metrics {
         let metrics = Metrics {
             trailer_messages: trailer_messages.clone(),
             tmdb_requests: tmdb_requests.clone(),
+            tmdb_last_status: IntGauge::new(
+                "playstate_tmdb_last_status",
+                "HTTP status of TMDB's latest answer to this node: 0 before any TMDB request \
+                 (or with onboarding off), -1 when the latest got no answer (network error \
+                 or timeout).",
+            )
+            .expect("valid metric"),
             trailer_lookups: trailer_lookups.clone(),
             trailer_refreshes: trailer_refreshes.clone(),
             trailer_cache_entries: IntGauge::new(
@@ -339,6 +369,12 @@ impl Metrics {
             progress_dirty_entries: IntGauge::new(
                 "playstate_progress_dirty_entries",
                 "Progress entries changed in memory and not yet stored.",
+            )
+            .expect("valid metric"),
+            progress_dirty_budget: IntGauge::new(
+                "playstate_progress_dirty_budget",
+                "Unstored progress entries this node may hold (progress.max_dirty_entries); \
+                 beyond it, updates are refused with 503.",
             )
             .expect("valid metric"),
             progress_refused: IntCounter::new(
@@ -377,6 +413,12 @@ impl Metrics {
             outbox_depth: IntGauge::new(
                 "playstate_outbox_depth",
                 "BI events waiting for delivery.",
+            )
+            .expect("valid metric"),
+            outbox_capacity: IntGauge::new(
+                "playstate_outbox_capacity",
+                "BI events the outbox holds at most (events.outbox_capacity); when it is \
+                 full, changes that would emit one are refused with 503.",
             )
             .expect("valid metric"),
             heartbeats: HeartbeatCounters {
@@ -458,12 +500,15 @@ impl Metrics {
             Box::new(self.store_errors.clone()),
             Box::new(self.progress_updates.clone()),
             Box::new(self.progress_dirty_entries.clone()),
+            Box::new(self.progress_dirty_budget.clone()),
             Box::new(self.progress_refused.clone()),
             Box::new(self.flush_duration.clone()),
             Box::new(self.flush_failures.clone()),
             Box::new(self.progress_lost.clone()),
             Box::new(self.failover_progress_discarded.clone()),
             Box::new(self.outbox_depth.clone()),
+            Box::new(self.outbox_capacity.clone()),
+            Box::new(self.tmdb_last_status.clone()),
             Box::new(self.trailer_cache_entries.clone()),
             Box::new(self.releases.clone()),
             Box::new(self.slots_expired.clone()),

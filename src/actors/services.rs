@@ -37,6 +37,7 @@ pub struct DirtyBudget {
 
 impl DirtyBudget {
     pub fn new(max: usize, metrics: Arc<Metrics>) -> DirtyBudget {
+        metrics.progress_dirty_budget.set(max as i64);
         DirtyBudget {
             used: AtomicUsize::new(0),
             max,

@@ -239,6 +239,7 @@ async fn drive(
             }
             Err(e) => {
                 tracing::warn!(from = from.0, to = to.0, error = %e, "handoff failed; shards stay");
+                metrics.cluster.handoff_failures.inc();
                 cluster
                     .write(Request::AbortMoves { shards: numbers })
                     .await?;

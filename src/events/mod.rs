@@ -95,6 +95,7 @@ impl Outbox {
         spool: PathBuf,
         metrics: Arc<Metrics>,
     ) -> Outbox {
+        metrics.outbox_capacity.set(capacity as i64);
         let spooled: VecDeque<EventRecord> = read_spool(&spool).into();
         let journal = Journal::open(&spool, &spooled);
         let outbox = Outbox {

@@ -99,6 +99,7 @@ impl Resolver {
                 Err(e) => {
                     if tmdb {
                         self.metrics.tmdb_requests("error").inc();
+                        self.metrics.tmdb_last_status.set(-1);
                     }
                     last = format!("GET {url}: {e}");
                     backoff(attempt, Duration::from_millis(200), Duration::from_secs(5))
@@ -107,6 +108,7 @@ impl Resolver {
                     let status = response.status();
                     if tmdb {
                         self.metrics.tmdb_requests(status.as_str()).inc();
+                        self.metrics.tmdb_last_status.set(i64::from(status.as_u16()));
                     }
                     if status.is_success() {
                         return response.json().await.map_err(|e| {
