@@ -40,6 +40,14 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// A connection's request head must arrive within this long (else 408, closed).
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// A request's body must arrive within this long of its head (else 408, closed).
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// Open player connections; connections beyond get 503 and are closed.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -162,6 +170,16 @@ pub struct QueueConfig {
 pub struct AuthConfig {
     pub jwt_hs256_secret: String,
     pub jwt_rs256_public_key_file: PathBuf,
+    /// A gateway in front verifies bearer tokens, so a node with no key of its own may
+    /// listen beyond loopback.
+    pub trust_upstream: bool,
+}
+
+impl AuthConfig {
+    /// Whether this node verifies bearer tokens itself.
+    pub fn verifies_tokens(&self) -> bool {
+        !self.jwt_hs256_secret.is_empty() || !self.jwt_rs256_public_key_file.as_os_str().is_empty()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -380,6 +398,15 @@ impl Config {
         if self.server.max_body_bytes < 64 {
             return invalid("server.max_body_bytes", "must be at least 64");
         }
+        if self.server.header_timeout.is_zero() {
+            return invalid("server.header_timeout", "must be longer than 0");
+        }
+        if self.server.body_timeout.is_zero() {
+            return invalid("server.body_timeout", "must be longer than 0");
+        }
+        if self.server.max_connections == 0 {
+            return invalid("server.max_connections", "must be at least 1");
+        }
         if self.actors.tick.is_zero() {
             return invalid("actors.tick", "must be longer than 0");
         }
@@ -422,6 +449,23 @@ impl Config {
             return invalid(
                 "auth",
                 "set jwt_hs256_secret or jwt_rs256_public_key_file, not both",
+            );
+        }
+        if !self.server.listen.ip().is_loopback()
+            && !self.auth.verifies_tokens()
+            && !self.auth.trust_upstream
+        {
+            return invalid(
+                "auth",
+                format!(
+                    "server.listen ({}) is not a loopback address, and nothing verifies \
+                     bearer tokens: anyone who reaches it could act as any user. Either set \
+                     auth.jwt_hs256_secret or auth.jwt_rs256_public_key_file (e.g. \
+                     PLAYSTATE_AUTH__JWT_HS256_SECRET) so that this node verifies them, or \
+                     set auth.trust_upstream = true if a gateway in front of it verifies \
+                     them and only the gateway can reach it",
+                    self.server.listen
+                ),
             );
         }
         let trailers = &self.trailers;
@@ -592,6 +636,31 @@ mod tests {
         );
         config.cluster.advertise = "10.0.0.2:9000".into();
         assert_eq!(config.cluster_advertised(bound), "10.0.0.2:9000");
+    }
+
+    #[test]
+    fn a_player_listener_beyond_loopback_needs_token_verification_or_a_gateway() {
+        let mut config = defaults();
+        config.server.listen = "0.0.0.0:8080".parse().unwrap();
+        let error = config.validate().unwrap_err().to_string();
+        for key in [
+            "auth.jwt_hs256_secret",
+            "auth.jwt_rs256_public_key_file",
+            "auth.trust_upstream",
+        ] {
+            assert!(error.contains(key), "{error}");
+        }
+        config.auth.trust_upstream = true;
+        config.validate().unwrap();
+        config.auth.trust_upstream = false;
+        config.auth.jwt_hs256_secret = "s".into();
+        config.validate().unwrap();
+        config.auth.jwt_hs256_secret = String::new();
+        config.auth.jwt_rs256_public_key_file = "/keys/jwt.pem".into();
+        config.validate().unwrap();
+        config.auth.jwt_rs256_public_key_file = PathBuf::new();
+        config.server.listen = "[::1]:8080".parse().unwrap();
+        config.validate().unwrap();
     }
 
     #[test]

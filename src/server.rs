@@ -10,11 +10,11 @@ use actix_web::http::header::HeaderName;
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::actors::{ActorSettings, DirtyBudget, Flusher, Registry, UserServices};
+use crate::actors::{ActorSettings, DirtyBudget, Flusher, Registry, UnflushedMarker, UserServices};
 use crate::api::auth::JwtVerifier;
+use crate::api::limits::HttpLimits;
 use crate::api::trailers::TrailersApi;
 use crate::api::{self, AppState, DevRoutes};
 use crate::catalog::Catalog;
@@ -177,50 +177,6 @@ fn jwt_verifier(config: &Config) -> io::Result<Option<JwtVerifier>> {
         .map_err(|e| startup_error(format!("auth.jwt_rs256_public_key_file: {e}")))
 }
 
-/// Records how much acknowledged progress is not yet stored and held by no backup, so
-/// that after a crash the next start can say how much was lost (what backups held was
-/// stored by the nodes that took the shards over). Written at most once a second, off
-/// the hot path, and once more at exit with what this run lost, so a loss counted only
-/// in the metrics of a process that is gone still shows after the restart.
-struct UnflushedMarker {
-    path: PathBuf,
-    /// What the previous run left, already added to `progress_lost` at start.
-    inherited: u64,
-}
-
-impl UnflushedMarker {
-    /// Reads what the previous run left: non-zero means it crashed with that much unflushed.
-    fn open(data_dir: &Path, metrics: &Metrics) -> UnflushedMarker {
-        let path = data_dir.join("unflushed");
-        let lost: u64 = std::fs::read_to_string(&path)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0);
-        if lost > 0 {
-            tracing::error!(
-                entries = lost,
-                "the previous run stopped without storing progress that no backup held; it is lost"
-            );
-            metrics.progress_lost.inc_by(lost);
-        }
-        let marker = UnflushedMarker {
-            path,
-            inherited: lost,
-        };
-        marker.record(0);
-        marker
-    }
-
-    fn record(&self, unflushed: usize) {
-        let tmp = self.path.with_extension("tmp");
-        let written = std::fs::write(&tmp, unflushed.to_string())
-            .and_then(|()| std::fs::rename(&tmp, &self.path));
-        if let Err(e) = written {
-            tracing::warn!(error = %e, "cannot record the unflushed count");
-        }
-    }
-}
-
 fn stream_policy(config: &Config) -> StreamPolicy {
     let streams = &config.streams;
     StreamPolicy {
@@ -362,7 +318,7 @@ impl Node {
             config.storage.data_dir.join("outbox.spool"),
             metrics.clone(),
         );
-        let marker = Arc::new(UnflushedMarker::open(&config.storage.data_dir, &metrics));
+        let marker = UnflushedMarker::open(&config.storage.data_dir, &metrics)?;
         let services = Arc::new(UserServices {
             store: store.clone(),
             flusher: Flusher::start(store.clone(), metrics.clone()),
@@ -373,6 +329,11 @@ impl Node {
             metrics: metrics.clone(),
             lease: cluster.lease().clone(),
             backup_feed: Arc::default(),
+            unflushed: marker.clone(),
+        });
+        marker.start({
+            let services = Arc::downgrade(&services);
+            move || services.upgrade().map_or(0, |services| services.at_risk())
         });
         let catalog = match config.catalog.kind {
             CatalogKind::None => Catalog::Open,
@@ -441,6 +402,12 @@ impl Node {
             publish: config.dev.endpoints,
         };
         let http_workers = threads_or_cores(config.server.workers);
+        let limits = HttpLimits::new(
+            config.server.max_connections,
+            config.server.body_timeout,
+            &metrics,
+        );
+        let connections = limits.clone();
         let player_state = state.clone();
         let users = state.users.clone();
         let player = HttpServer::new(move || {
@@ -449,11 +416,17 @@ impl Node {
             App::new()
                 .app_data(player_state.clone())
                 .app_data(web::PayloadConfig::new(max_body))
+                .wrap(from_fn({
+                    let limits = limits.clone();
+                    move |req, next| limits.clone().enforce(req, next)
+                }))
                 .wrap(from_fn(api::middleware::observe))
                 .configure(|cfg| api::routes(cfg, dev_routes))
                 .default_service(web::to(api::ops::not_found))
         })
         .workers(http_workers)
+        .client_request_timeout(config.server.header_timeout)
+        .on_connect(move |_, extensions| connections.on_connect(extensions))
         .disable_signals()
         .shutdown_timeout(config.server.shutdown_timeout.as_secs().max(1))
         .listen(player_listener)?
@@ -490,7 +463,6 @@ impl Node {
             cluster_addr,
         };
         let mut workers = vec![
-            actix_rt::spawn(record_unflushed(services.clone(), marker.clone())),
             actix_rt::spawn(cluster.clone().watch_metrics(metrics.clone())),
             actix_rt::spawn(crate::cluster::lease::keep_lease(
                 cluster.clone(),
@@ -590,8 +562,8 @@ impl Node {
         cluster_http.stop(true).await;
         let _ = cluster_task.await;
         // Whatever is still dirty was counted as lost by `registry.shutdown`.
-        let lost_in_this_run = self.services.metrics.progress_lost.get() - self.marker.inherited;
-        self.marker.record(lost_in_this_run as usize);
+        let lost_in_this_run = self.services.metrics.progress_lost.get() - self.marker.inherited();
+        self.marker.finish(lost_in_this_run);
         match failed {
             Some(e) => {
                 tracing::error!(error = %e, "stopped: the node could not take its place in the cluster");
@@ -774,21 +746,6 @@ async fn follow_shard_table(
         }
         if changes.changed().await.is_err() {
             return;
-        }
-    }
-}
-
-/// Records every second how much unstored progress no backup holds (see
-/// `UnflushedMarker`).
-async fn record_unflushed(services: Arc<UserServices>, marker: Arc<UnflushedMarker>) {
-    let mut last = 0;
-    loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        // What a crash now would lose: with backups, only what they do not hold yet.
-        let now = services.backup_feed.unbacked(services.dirty.used());
-        if now != last {
-            marker.record(now);
-            last = now;
         }
     }
 }

@@ -8,6 +8,8 @@ use prometheus::{
 };
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::{LogConfig, LogFormat};
 
@@ -29,13 +31,17 @@ pub fn init_tracing(config: &LogConfig) -> Result<WorkerGuard, String> {
         .with_env_filter(filter)
         .with_writer(writer)
         .with_target(false);
+    // Connections actix gives up on are a client's fault: rate-limited warnings, not errors.
+    let client_faults = crate::api::client_faults::ClientFaultLog::new();
     let installed = match config.format {
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
             .with_current_span(false)
+            .finish()
+            .with(client_faults)
             .try_init(),
-        LogFormat::Pretty => builder.try_init(),
+        LogFormat::Pretty => builder.finish().with(client_faults).try_init(),
     };
     installed.map_err(|e| format!("cannot install the logger: {e}"))?;
     Ok(guard)
@@ -259,6 +265,9 @@ pub struct Metrics {
     pub actor_unavailable: IntCounter,
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
+    pub http_connections_open: IntGauge,
+    pub http_connections_refused: IntCounter,
+    pub http_body_timeouts: IntCounter,
 }
 
 impl Metrics {
@@ -458,6 +467,21 @@ impl Metrics {
             .expect("valid metric"),
             http_requests,
             http_duration,
+            http_connections_open: IntGauge::new(
+                "playstate_http_connections_open",
+                "Open player connections, including those being refused.",
+            )
+            .expect("valid metric"),
+            http_connections_refused: IntCounter::new(
+                "playstate_http_connections_refused_total",
+                "Player connections answered 503 and closed: server.max_connections were open.",
+            )
+            .expect("valid metric"),
+            http_body_timeouts: IntCounter::new(
+                "playstate_http_body_timeouts_total",
+                "Requests answered 408 and closed: their body did not arrive within server.body_timeout.",
+            )
+            .expect("valid metric"),
             cluster: ClusterMetrics::new(),
             registry,
         };
@@ -518,6 +542,9 @@ impl Metrics {
             Box::new(self.actor_unavailable.clone()),
             Box::new(self.http_requests.clone()),
             Box::new(self.http_duration.clone()),
+            Box::new(self.http_connections_open.clone()),
+            Box::new(self.http_connections_refused.clone()),
+            Box::new(self.http_body_timeouts.clone()),
         ];
         collectors.extend(vecs);
         collectors.extend(self.cluster.collectors());

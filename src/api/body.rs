@@ -112,6 +112,8 @@ pub fn bytes(body: Result<Bytes, actix_web::Error>, limit: usize) -> Result<Byte
     body.map_err(|e| {
         if e.as_response_error().status_code() == actix_web::http::StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::BodyTooLarge { limit }
+        } else if super::limits::is_body_timeout(&e) {
+            ApiError::BodyTimeout
         } else {
             ApiError::MalformedBody(format!("cannot read the body: {e}"))
         }

@@ -49,6 +49,8 @@ pub enum FieldProblem {
         unit: &'static str,
     },
     ControlCharacter,
+    /// Percent-decoded, its bytes are not UTF-8 (a path or query value).
+    NotUtf8,
 }
 
 impl From<IdError> for FieldProblem {
@@ -73,6 +75,8 @@ pub enum ApiError {
     BodyTooLarge {
         limit: usize,
     },
+    /// The body did not arrive within `server.body_timeout` (408).
+    BodyTimeout,
     InvalidField {
         field: &'static str,
         problem: FieldProblem,
@@ -103,6 +107,7 @@ impl ApiError {
             | ApiError::BodyNotObject
             | ApiError::InvalidField { .. } => StatusCode::BAD_REQUEST,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::LimitReached { .. } => match dialect {
                 Dialect::Heartbeat => StatusCode::BAD_REQUEST,
@@ -126,6 +131,7 @@ impl ApiError {
             ApiError::BodyTooLarge { limit } => {
                 format!("request body is larger than {limit} bytes")
             }
+            ApiError::BodyTimeout => "the request body did not arrive in time".to_owned(),
             ApiError::InvalidField { field, problem } => field_message(dialect, field, *problem),
             ApiError::Unauthorized(why) => (*why).to_owned(),
             ApiError::LimitReached { user, refusal } => match dialect {
@@ -294,6 +300,9 @@ fn field_message(dialect: Dialect, field: &str, problem: FieldProblem) -> String
         (Dialect::Streamy, FieldProblem::ControlCharacter) => {
             format!("\"{field}\" must not contain control characters")
         }
+        (Dialect::Streamy, FieldProblem::NotUtf8) => {
+            format!("\"{field}\" must be valid UTF-8 once percent-decoded")
+        }
         (Dialect::Trailers, FieldProblem::Missing | FieldProblem::Empty) => {
             format!("Missing '{field}' parameter")
         }
@@ -313,6 +322,7 @@ fn field_message(dialect: Dialect, field: &str, problem: FieldProblem) -> String
         (_, FieldProblem::ControlCharacter) => {
             format!("{field} must not contain control characters")
         }
+        (_, FieldProblem::NotUtf8) => format!("{field} must be valid UTF-8 once percent-decoded"),
     }
 }
 

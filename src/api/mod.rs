@@ -4,11 +4,15 @@
 
 pub mod auth;
 pub mod body;
+pub mod client_faults;
 pub mod cluster;
 pub mod compat;
 pub mod error;
+pub mod limits;
 pub mod middleware;
+pub mod openapi;
 pub mod ops;
+pub mod params;
 pub mod trailers;
 pub mod v1;
 
@@ -61,7 +65,17 @@ impl AppState {
 /// A resource named after its own pattern, so metrics and logs can label requests by route
 /// without allocating (`HttpRequest::match_name` borrows; `match_pattern` allocates).
 pub(crate) fn route(pattern: &'static str) -> Resource {
+    #[cfg(test)]
+    REGISTERED.with_borrow_mut(|patterns| patterns.push(pattern));
     web::resource(pattern).name(pattern)
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Every pattern `route` made on this thread: what the route-coverage test in
+    /// `openapi` compares with the document.
+    pub(crate) static REGISTERED: std::cell::RefCell<Vec<&'static str>> =
+        const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Registers every route.
@@ -71,6 +85,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, dev: DevRoutes) {
     compat::routes(cfg);
     trailers::routes(cfg, dev.publish);
     ops::routes(cfg, dev.clock);
+    openapi::routes(cfg);
 }
 
 #[derive(Clone, Copy, Debug)]

@@ -3,12 +3,15 @@
 
 mod aws;
 mod cluster;
+mod damaged_store;
 mod drain_outage;
 mod failover;
+mod hardening;
 mod helpers;
 mod library;
 mod library_dynamo;
 mod loadtest;
+mod openapi;
 mod ops;
 mod outage;
 mod proxy;

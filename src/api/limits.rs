@@ -1,0 +1,158 @@
+//! What one client may take of a node: a share of its connections, and a connection for
+//! no longer than it takes to send a request.
+//!
+//! Request heads have actix's own deadline (`server.header_timeout`, set on the server).
+//! Bodies have none there, so a client that sends half a body and stalls would hold its
+//! connection, and its file descriptor, for ever; enough of them stop the node answering
+//! anyone. Here a body must arrive within `server.body_timeout` of its head.
+//!
+//! Connections are capped across all HTTP workers (`server.max_connections`). actix's own
+//! cap is per worker and, once reached, stops accepting: the excess would wait unseen in
+//! the kernel's backlog. Instead every connection is counted as it opens and the excess is
+//! answered at once, 503 with `Retry-After`, and closed, so a flood costs the served
+//! connections nothing but the accepts.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{Extensions, Payload, ServiceRequest, ServiceResponse};
+use actix_web::error::PayloadError;
+use actix_web::http::header::{self, HeaderMap};
+use actix_web::middleware::Next;
+use actix_web::web::Bytes;
+use actix_web::{Error, HttpResponse};
+use futures_util::Stream;
+use prometheus::{IntCounter, IntGauge};
+
+use crate::telemetry::Metrics;
+
+/// The player listener's limits, shared by its workers.
+pub struct HttpLimits {
+    max_connections: usize,
+    open: AtomicUsize,
+    body_timeout: Duration,
+    open_gauge: IntGauge,
+    refused: IntCounter,
+    body_timeouts: IntCounter,
+}
+
+impl HttpLimits {
+    pub fn new(max_connections: usize, body_timeout: Duration, metrics: &Metrics) -> Arc<Self> {
+        Arc::new(HttpLimits {
+            max_connections,
+            open: AtomicUsize::new(0),
+            body_timeout,
+            open_gauge: metrics.http_connections_open.clone(),
+            refused: metrics.http_connections_refused.clone(),
+            body_timeouts: metrics.http_body_timeouts.clone(),
+        })
+    }
+
+    /// Counts a new connection (actix's `on_connect`); the count drops with the
+    /// connection's extensions, when actix lets go of the connection.
+    pub fn on_connect(self: &Arc<Self>, extensions: &mut Extensions) {
+        let open = self.open.fetch_add(1, Ordering::Relaxed) + 1;
+        self.open_gauge.inc();
+        extensions.insert(ConnectionSlot {
+            limits: self.clone(),
+            admitted: open <= self.max_connections,
+        });
+    }
+
+    /// Middleware: refuses the requests of connections over the cap, and puts a deadline
+    /// on reading bodies.
+    pub async fn enforce(
+        self: Arc<Self>,
+        mut req: ServiceRequest,
+        next: Next<impl MessageBody + 'static>,
+    ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, Error> {
+        let admitted = req
+            .conn_data::<ConnectionSlot>()
+            .is_none_or(|slot| slot.admitted);
+        if !admitted {
+            self.refused.inc();
+            let refusal = HttpResponse::ServiceUnavailable()
+                .insert_header((header::RETRY_AFTER, "1"))
+                .force_close()
+                .content_type("application/problem+json")
+                .body(
+                    r#"{"type":"about:blank","title":"Service Unavailable","status":503,"detail":"this node has as many connections open as it serves (server.max_connections); retry"}"#,
+                );
+            return Ok(req.into_response(refusal).map_into_right_body());
+        }
+        if has_body(req.headers()) {
+            let (_, payload) = req.parts_mut();
+            let body = std::mem::replace(payload, Payload::None);
+            let deadline = Box::pin(tokio::time::sleep(self.body_timeout));
+            req.set_payload(Payload::Stream {
+                payload: Box::pin(BodyWithDeadline { body, deadline }),
+            });
+        }
+        let mut res = next.call(req).await?;
+        if res.status() == actix_web::http::StatusCode::REQUEST_TIMEOUT {
+            self.body_timeouts.inc();
+            // The rest of the body may still come; the connection cannot be reused.
+            res.response_mut()
+                .head_mut()
+                .set_connection_type(actix_web::http::ConnectionType::Close);
+        }
+        Ok(res.map_into_left_body())
+    }
+}
+
+/// A connection's place under the cap; gives it back when dropped.
+struct ConnectionSlot {
+    limits: Arc<HttpLimits>,
+    admitted: bool,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.limits.open.fetch_sub(1, Ordering::Relaxed);
+        self.limits.open_gauge.dec();
+    }
+}
+
+/// Whether the request says a body follows (GETs and DELETEs without one skip the timer).
+fn has_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|len| len.as_bytes() != b"0")
+}
+
+/// Whether a body extractor failed because the body missed its deadline.
+pub fn is_body_timeout(error: &actix_web::Error) -> bool {
+    matches!(
+        error.as_error::<PayloadError>(),
+        Some(PayloadError::Io(e)) if e.kind() == io::ErrorKind::TimedOut
+    )
+}
+
+/// A request body that fails with `TimedOut` if it has not ended by its deadline.
+struct BodyWithDeadline {
+    body: Payload,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Stream for BodyWithDeadline {
+    type Item = Result<Bytes, PayloadError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Poll::Ready(item) = Pin::new(&mut self.body).poll_next(cx) {
+            return Poll::Ready(item);
+        }
+        match self.deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(PayloadError::Io(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the request body did not arrive in time",
+            ))))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
