@@ -402,6 +402,7 @@ impl Node {
             publish: config.dev.endpoints,
         };
         let http_workers = threads_or_cores(config.server.workers);
+        crate::api::limits::fit_open_file_limit(config.server.max_connections);
         let limits = HttpLimits::new(
             config.server.max_connections,
             config.server.body_timeout,

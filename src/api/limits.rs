@@ -156,3 +156,46 @@ impl Stream for BodyWithDeadline {
         }
     }
 }
+
+/// Descriptors a node needs besides its player connections: the cluster listener and its
+/// peers, the store, the log, the data files.
+const DESCRIPTORS_BESIDES_PLAYERS: u64 = 1024;
+
+/// Raises the process's open-file limit to what `max_connections` needs, as far as the
+/// hard limit allows, and says so when that is not enough: without it the cap would be
+/// the kernel's, whose excess connections fail unanswered at `accept`.
+pub fn fit_open_file_limit(max_connections: usize) {
+    let needed = max_connections as u64 + DESCRIPTORS_BESIDES_PLAYERS;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct it is given and nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        tracing::warn!(error = %io::Error::last_os_error(), "cannot read the open-file limit");
+        return;
+    }
+    if limit.rlim_cur < needed && limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: needed.min(limit.rlim_max),
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct it is given and nothing else.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            tracing::info!(
+                from = limit.rlim_cur,
+                to = raised.rlim_cur,
+                "raised the open-file limit for server.max_connections"
+            );
+            limit = raised;
+        }
+    }
+    if limit.rlim_cur < needed {
+        tracing::warn!(
+            max_connections,
+            open_file_limit = limit.rlim_cur,
+            "server.max_connections is more than this process can open files for (ulimit -n); \
+             lower it or raise the limit, or connections beyond the limit go unanswered"
+        );
+    }
+}
