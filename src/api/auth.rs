@@ -2,8 +2,9 @@
 //!
 //! By default the JWT was verified upstream (the gateway), as seed 000 specifies, and is
 //! only decoded here. With `auth.jwt_hs256_secret` or `auth.jwt_rs256_public_key_file`
-//! configured, the signature and `exp` are verified too. The optional `plan` claim
-//! selects the stream limit.
+//! configured, the signature and `exp` are verified too; a node listening beyond loopback
+//! must have one of them, or `auth.trust_upstream = true` (see `Config::validate`). The
+//! optional `plan` claim selects the stream limit.
 
 use std::future::{Ready, ready};
 
@@ -60,10 +61,33 @@ impl JwtVerifier {
     }
 }
 
+/// The claims playstate reads, taken as any JSON so that a token that decodes but has a
+/// claim of the wrong type is told which claim, not that the token does not decode.
 #[derive(Deserialize)]
 struct Claims {
     sub: Option<serde_json::Value>,
-    plan: Option<String>,
+    plan: Option<serde_json::Value>,
+}
+
+impl Claims {
+    fn user(&self) -> Result<UserId, ApiError> {
+        let Some(serde_json::Value::String(sub)) = &self.sub else {
+            return Err(ApiError::Unauthorized("token claim `sub` must be a string"));
+        };
+        UserId::parse(sub)
+            .map_err(|_| ApiError::Unauthorized("token claim `sub` is not a valid user id"))
+    }
+
+    /// The `plan` claim; absent and `null` both mean none.
+    fn plan(self) -> Result<Option<String>, ApiError> {
+        match self.plan {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::String(plan)) => Ok(Some(plan)),
+            Some(_) => Err(ApiError::Unauthorized(
+                "token claim `plan` must be a string",
+            )),
+        }
+    }
 }
 
 impl FromRequest for Caller {
@@ -97,14 +121,9 @@ fn caller(req: &HttpRequest) -> Result<Caller, ApiError> {
         Some(verifier) => verifier.verify(token)?,
         None => decode_claims(token)?,
     };
-    let sub = match claims.sub {
-        Some(serde_json::Value::String(sub)) => sub,
-        _ => return Err(ApiError::Unauthorized("token has no string sub claim")),
-    };
-    let user = UserId::parse(&sub)
-        .map_err(|_| ApiError::Unauthorized("token sub is not a valid user id"))?;
+    let user = claims.user()?;
     super::middleware::note_user(req, &user);
-    let plan = claims.plan.or_else(|| {
+    let plan = claims.plan()?.or_else(|| {
         state
             .and_then(|state| state.trusted_plan(req))
             .map(str::to_owned)
@@ -123,6 +142,7 @@ fn decode_claims(token: &str) -> Result<Claims, ApiError> {
     let json = URL_SAFE_NO_PAD
         .decode(payload.trim_end_matches('='))
         .map_err(|_| MALFORMED)?;
+    // A payload that is JSON but not an object is as undecodable as one that is not JSON.
     serde_json::from_slice(&json).map_err(|_| MALFORMED)
 }
 
@@ -137,8 +157,40 @@ mod tests {
     #[test]
     fn decodes_sub_and_plan() {
         let claims = decode_claims(&token(r#"{"sub":"u1","plan":"family"}"#)).unwrap();
-        assert_eq!(claims.sub, Some(serde_json::json!("u1")));
-        assert_eq!(claims.plan.as_deref(), Some("family"));
+        assert_eq!(claims.user().unwrap().as_str(), "u1");
+        assert_eq!(claims.plan().unwrap().as_deref(), Some("family"));
+    }
+
+    /// Why a token with these claims, which decodes, is refused.
+    fn refusal(json: &str) -> &'static str {
+        let claims = decode_claims(&token(json)).expect("decodes");
+        match claims.user().and_then(|_| claims.plan()) {
+            Err(ApiError::Unauthorized(why)) => why,
+            other => panic!("{json}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_claim_of_the_wrong_type_is_named() {
+        assert_eq!(
+            refusal(r#"{"sub":"u1","plan":3}"#),
+            "token claim `plan` must be a string"
+        );
+        assert_eq!(
+            refusal(r#"{"sub":"u1","plan":{"name":"family"}}"#),
+            "token claim `plan` must be a string"
+        );
+        assert_eq!(
+            refusal(r#"{"sub":7}"#),
+            "token claim `sub` must be a string"
+        );
+        assert_eq!(refusal(r#"{}"#), "token claim `sub` must be a string");
+        assert_eq!(
+            refusal(r#"{"sub":""}"#),
+            "token claim `sub` is not a valid user id"
+        );
+        let plain = decode_claims(&token(r#"{"sub":"u1","plan":null}"#)).unwrap();
+        assert_eq!(plain.plan().unwrap(), None);
     }
 
     #[test]

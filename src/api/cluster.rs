@@ -7,17 +7,19 @@ use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::middleware::{Next, from_fn};
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
+use super::error::Dialect;
+use super::{middleware, params};
 use crate::actors::UserHandoff;
 use crate::cluster::lease::{self, LeaseRequest};
 use crate::cluster::rpc::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use crate::cluster::{
     Cluster, ClusterError, ExportDone, ExportRequest, JoinRequest, NodeId, Request, ShardId,
 };
-use crate::users::{BackupBatch, ForwardedCommand};
+use crate::users::{BackupBatch, ForwardedCommand, ForwardedReply};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -136,10 +138,34 @@ async fn forward(
         commands
             .into_inner()
             .into_iter()
-            .map(|command| state.users.execute_forwarded(command)),
+            .map(|command| execute_forwarded(&state, command)),
     )
     .await;
     HttpResponse::Ok().json(replies)
+}
+
+/// One forwarded command, with its access line: a batch carries the commands of many
+/// requests, so each is logged with its own request's correlation id.
+async fn execute_forwarded(state: &AppState, mut forwarded: ForwardedCommand) -> ForwardedReply {
+    let started = std::time::Instant::now();
+    let command = forwarded.command.name();
+    let user = forwarded.user.clone();
+    let correlation_id = forwarded.correlation_id.take();
+    let reply = state.users.execute_forwarded(forwarded).await;
+    let outcome = match &reply {
+        ForwardedReply::Done(_) => "ok",
+        ForwardedReply::Moved => "moved",
+        ForwardedReply::Unavailable(_) => "unavailable",
+    };
+    middleware::forwarded_access_log(
+        state.request_log,
+        command,
+        &user,
+        outcome,
+        started.elapsed().as_secs_f64() * 1000.0,
+        correlation_id.as_deref(),
+    );
+    reply
 }
 
 /// The users of one shard, handed to its new owner.
@@ -241,11 +267,12 @@ async fn import(state: web::Data<AppState>, imports: web::Json<Vec<ShardImport>>
 
 /// Where a user's commands go, as this node's table says: for operators tracing one
 /// user, and for tests that need a user of a given node.
-async fn route(state: web::Data<AppState>, user: web::Path<String>) -> HttpResponse {
-    let user = match crate::domain::UserId::parse(&user) {
+async fn route(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+    let user = match params::path_id::<crate::domain::UserId>(&req, "user") {
         Ok(user) => user,
         Err(e) => {
-            return HttpResponse::BadRequest().json(serde_json::json!({ "error": e.to_string() }));
+            let error = e.message(Dialect::Problem);
+            return HttpResponse::BadRequest().json(serde_json::json!({ "error": error }));
         }
     };
     let router = state.users.router();

@@ -16,6 +16,7 @@ use super::AppState;
 use crate::config::RequestLog;
 use crate::domain::UserId;
 use crate::telemetry::{Metrics, RouteMetrics};
+use crate::users::REQUEST_CORRELATION_ID;
 
 pub const CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
 
@@ -43,7 +44,10 @@ pub async fn observe(
     let correlation = correlation_id(req.headers().get(&CORRELATION_ID));
     let method = method_label(req.method());
     let state = req.app_data::<web::Data<AppState>>().cloned();
-    let mut res = next.call(req).await?;
+    // Commands forwarded to another node take the id along (see `ForwardedCommand`).
+    let mut res = REQUEST_CORRELATION_ID
+        .scope(correlation.clone(), next.call(req))
+        .await?;
     let elapsed = started.elapsed();
     let status = res.status();
     let route = res.request().match_name().unwrap_or(UNMATCHED);
@@ -84,8 +88,9 @@ fn should_log(policy: RequestLog, status: StatusCode) -> bool {
     }
 }
 
-/// Levels as the heartbeat service logged them: info for success, warn for a client's
-/// mistake, error for ours.
+/// Error for ours (5xx), info otherwise: a client's mistake is not the node's, and a
+/// warning per malformed request would let any scanner flood the warnings (an access
+/// line per request is what `log.requests` asks for, at info).
 fn access_log(
     method: &str,
     route: &str,
@@ -112,9 +117,44 @@ fn access_log(
     }
     match status {
         500.. => line!(error),
-        400..=499 => line!(warn),
         _ => line!(info),
     }
+}
+
+/// The owner's access line for one command another node forwarded: it carries the
+/// correlation id of the request the command serves, as the sender's access line does.
+pub fn forwarded_access_log(
+    policy: RequestLog,
+    command: &str,
+    user: &UserId,
+    outcome: &str,
+    latency_ms: f64,
+    correlation_id: Option<&str>,
+) {
+    let failed = outcome != "ok";
+    let logged = match policy {
+        RequestLog::All => true,
+        RequestLog::Errors => failed,
+        RequestLog::Off => false,
+    };
+    if !logged {
+        return;
+    }
+    let user = user.as_str();
+    macro_rules! line {
+        ($level:ident) => {
+            tracing::$level!(
+                route = "/cluster/forward",
+                command,
+                user,
+                outcome,
+                latency_ms,
+                correlation_id,
+                "forwarded command"
+            )
+        };
+    }
+    if failed { line!(warn) } else { line!(info) }
 }
 
 thread_local! {

@@ -41,18 +41,11 @@ async fn health(state: web::Data<AppState>) -> HttpResponse {
     }))
 }
 
-#[derive(Deserialize)]
-struct UrlQuery {
-    url: Option<String>,
-}
-
 /// The cached entry for the `url` query parameter, with trailers in it.
 fn lookup(state: &AppState, req: &HttpRequest) -> Result<Arc<TrailerEntry>, ApiError> {
     let metrics = &state.metrics;
-    let query = web::Query::<UrlQuery>::from_query(req.query_string())
-        .map_err(|_| ApiError::field("url", FieldProblem::Invalid))?;
+    let query = super::params::query_text(req, "url")?;
     let raw = query
-        .url
         .as_deref()
         .filter(|u| !u.is_empty())
         .ok_or(ApiError::field("url", FieldProblem::Missing))?;

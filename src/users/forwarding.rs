@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use actix_web::http::header::HeaderValue;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
@@ -36,6 +37,24 @@ pub struct ForwardedCommand {
     pub epoch: u64,
     pub user: UserId,
     pub command: UserCommand,
+    /// The correlation id of the request the command serves, so that the owner's log
+    /// line for it carries the id the sender's access line does. Absent from senders
+    /// that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+}
+
+tokio::task_local! {
+    /// The correlation id of the request a task serves (set by the access-log middleware).
+    pub static REQUEST_CORRELATION_ID: HeaderValue;
+}
+
+/// The correlation id of the request this task serves, if any (and if it is text).
+pub fn correlation_id() -> Option<String> {
+    REQUEST_CORRELATION_ID
+        .try_with(|id| id.to_str().ok().map(str::to_owned))
+        .ok()
+        .flatten()
 }
 
 /// The owner's answer to a forwarded command.

@@ -11,7 +11,7 @@ mod forwarding;
 
 pub use backup::{BackupAnswer, BackupBatch, BackupHolder};
 use forwarding::Forwarder;
-pub use forwarding::{ForwardedCommand, ForwardedReply};
+pub use forwarding::{ForwardedCommand, ForwardedReply, REQUEST_CORRELATION_ID};
 
 use crate::actors::{
     ActorUnavailable, CallError, CommandReply, LibraryError, Registry, UnexpectedReply, UserCommand,
@@ -290,6 +290,7 @@ impl Users {
                         epoch,
                         user: user.clone(),
                         command,
+                        correlation_id: forwarding::correlation_id(),
                     };
                     match self.forward(node, &forwarded).await? {
                         ForwardedReply::Done(reply) => return Ok(reply),
@@ -352,6 +353,7 @@ impl Users {
             epoch,
             user,
             mut command,
+            ..
         } = forwarded;
         if self.router.shard_of(&user) != shard {
             return ForwardedReply::Unavailable(format!("user {user} is not in shard {}", shard.0));

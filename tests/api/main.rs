@@ -15,5 +15,6 @@ mod openapi;
 mod ops;
 mod outage;
 mod proxy;
+mod security;
 mod streams;
 mod trailers;

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::body::{self, Field};
 use crate::api::error::{ApiError, Failure, contract};
-use crate::api::{AppState, middleware, route};
+use crate::api::{AppState, middleware, params, route};
 use crate::domain::{Origin, SessionId, StreamId, UserId};
 use crate::users::StreamClaim;
 
@@ -34,8 +34,7 @@ struct Streams<'a> {
 }
 
 fn user_in_path(req: &HttpRequest) -> std::result::Result<UserId, ApiError> {
-    let user = UserId::parse(req.match_info().query("user_id"))
-        .map_err(|e| ApiError::field("user_id", e))?;
+    let user: UserId = params::path_id(req, "user_id")?;
     middleware::note_user(req, &user);
     Ok(user)
 }

@@ -17,6 +17,6 @@ pub fn routes(cfg: &mut actix_web::web::ServiceConfig) {
 
 /// The `{assetId}` path segment, which must be a UUID.
 fn asset_in_path(req: &HttpRequest) -> Result<AssetId, ApiError> {
-    AssetId::parse(req.match_info().query("assetId"))
+    AssetId::parse(&super::params::path_text(req, "assetId")?)
         .map_err(|_| ApiError::field("assetId", FieldProblem::NotUuid))
 }

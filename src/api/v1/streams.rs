@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::auth::Caller;
 use crate::api::body::{self, Field};
-use crate::api::error::{ApiError, Failure, contract};
-use crate::api::{AppState, route};
+use crate::api::error::{Failure, contract};
+use crate::api::{AppState, params, route};
 use crate::domain::{Origin, SessionId, Slot, StreamId};
 use crate::users::StreamClaim;
 
@@ -60,8 +60,7 @@ struct HeartbeatAccepted<'a> {
 }
 
 fn session_in_path(req: &HttpRequest) -> Result<SessionId> {
-    let raw = req.match_info().query("sessionId");
-    Ok(SessionId::parse(raw).map_err(|e| ApiError::field("sessionId", e))?)
+    Ok(params::path_id(req, "sessionId")?)
 }
 
 async fn heartbeat(
