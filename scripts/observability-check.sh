@@ -18,10 +18,14 @@ cd "$(dirname "$0")/.."
 
 WORK=$(mktemp -d /tmp/playstate-observability.XXXXXX)
 PIDS=()
+NODE_PIDS=()
 cleanup() {
   local pid
+  # SIGKILL for the nodes: SIGTERM would drain each one's shards to the others first,
+  # which takes long and proves nothing here (their data dirs are thrown away).
+  for pid in "${NODE_PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  for pid in "${NODE_PIDS[@]}" "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -125,7 +129,7 @@ start_node() {
     --cluster-listen 127.0.0.1:0 --data-dir "$WORK/node$k")
   [ -n "$join" ] && args+=(--join "$join")
   "$BIN" "${args[@]}" >"$log" 2>&1 &
-  started $!
+  NODE_PIDS+=($!)
   wait_for 60 grep -q '"message":"listening"' "$log" || { tail -5 "$log"; die "node $k did not start"; }
   line=$(grep -m1 '"message":"listening"' "$log")
   printf -v "ADDR_$k" '%s' "$(sed -E 's/.*"addr":"([^"]+)".*/\1/' <<<"$line")"
@@ -194,3 +198,11 @@ load_ended=$(date +%s.%N)
 say "two scrapes after the load, then every query"
 "$PY" "$HELPER" wait-scrapes "$PROM" "$load_ended" 2
 "$PY" "$HELPER" check "$PROM" cluster/grafana/playstate.json cluster/prometheus/alerts.yml playstate-local
+
+say "node 3 killed: the alert conditions for it hold on the real series, then the failover clears one"
+kill -KILL "${NODE_PIDS[2]}"
+"$PY" "$HELPER" expect-condition "$PROM" cluster/prometheus/alerts.yml holds \
+  PlaystateShardsWithoutLiveOwner PlaystateNodeDown PlaystateMembersMissing
+"$PY" "$HELPER" expect-condition "$PROM" cluster/prometheus/alerts.yml clears \
+  PlaystateShardsWithoutLiveOwner
+say "done"

@@ -11,6 +11,9 @@
   check PROM DASHBOARD ALERTS JOB
                             every panel query and alert expression through /api/v1/query:
                             no error, every panel query returns data; prints a table
+  expect-condition PROM ALERTS holds|clears NAME...
+                            each named alert's expression returns a series (holds) or
+                            none (clears) within 20 s
 """
 
 import json
@@ -184,6 +187,21 @@ def check(prom, dashboard_file, alerts_file, job):
     sys.exit(1 if failures else 0)
 
 
+def expect_condition(prom, alerts_file, want, *names):
+    exprs = {r["alert"]: r["expr"] for g in load_yaml(alerts_file)["groups"] for r in g["rules"]}
+    deadline = time.time() + 20
+    for name in names:
+        while True:
+            result = api(prom, "/api/v1/query", query=exprs[name])["data"]["result"]
+            if bool(result) == (want == "holds"):
+                series = [{**s["metric"], "value": s["value"][1]} for s in result]
+                print(f"ok    alert  {name}: condition {want} {series or ''}".rstrip())
+                break
+            if time.time() > deadline:
+                sys.exit(f"FAIL  alert  {name}: its condition never {want}")
+            time.sleep(0.5)
+
+
 if __name__ == "__main__":
     commands = {
         "upstream": upstream,
@@ -191,5 +209,6 @@ if __name__ == "__main__":
         "k8s-config": k8s_config,
         "wait-scrapes": wait_scrapes,
         "check": check,
+        "expect-condition": expect_condition,
     }
     commands[sys.argv[1]](*sys.argv[2:])
