@@ -406,9 +406,11 @@ impl Metrics {
             .expect("valid metric"),
             progress_lost: IntCounter::new(
                 "playstate_progress_lost_total",
-                "Unstored progress entries lost: those a node held at a crash that no backup \
-                 held (counted at its next start), or that the store did not take before a \
-                 shutdown ended.",
+                "Progress entries (a user's position in one asset) whose last acknowledged \
+                 value was never stored: those the store did not take before a shutdown \
+                 ended (exact), and, counted at the next start, those a crash lost that no \
+                 backup held (an upper bound: never fewer, at most the unflushed-marker \
+                 headroom more, 32 entries, or twice a burst's growth).",
             )
             .expect("valid metric"),
             failover_progress_discarded: IntCounter::new(

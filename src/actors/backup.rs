@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::cluster::ShardId;
 use crate::domain::{UserBackup, UserId};
@@ -23,11 +23,19 @@ pub struct BackupFeed {
     /// actors skip building changes nobody would receive.
     enabled: AtomicBool,
     urgent: tokio::sync::Notify,
-    /// Progress entries on their way to a backup, not yet acknowledged.
-    in_flight: AtomicUsize,
+    /// Progress changes left here since the node started (each may put one entry at risk).
+    changes: AtomicU64,
+    /// `changes` when the round being sent was taken.
+    taken_at: AtomicU64,
+    /// `changes` when the last round that every backup acknowledged was taken, or
+    /// `NOT_BACKED` when none has been since backups were (re)enabled: the changes since
+    /// are what no backup may hold yet.
+    backed_through: AtomicU64,
     /// Whether the last round failed to reach a backup.
     failing: AtomicBool,
 }
+
+const NOT_BACKED: u64 = u64::MAX;
 
 impl Default for BackupFeed {
     fn default() -> BackupFeed {
@@ -35,7 +43,9 @@ impl Default for BackupFeed {
             lanes: (0..LANES).map(|_| Mutex::default()).collect(),
             enabled: AtomicBool::new(false),
             urgent: tokio::sync::Notify::new(),
-            in_flight: AtomicUsize::new(0),
+            changes: AtomicU64::new(0),
+            taken_at: AtomicU64::new(0),
+            backed_through: AtomicU64::new(NOT_BACKED),
             failing: AtomicBool::new(false),
         }
     }
@@ -47,11 +57,15 @@ impl BackupFeed {
     }
 
     pub fn set_enabled(&self, enabled: bool) {
-        self.enabled.store(enabled, Ordering::Relaxed);
+        if !self.enabled.swap(enabled, Ordering::SeqCst) && enabled {
+            // Nothing changed before is here: the first round's snapshots must hold it.
+            self.backed_through.store(NOT_BACKED, Ordering::SeqCst);
+        }
     }
 
     /// Leaves a change of one user; `urgent` (a slot taken) wakes the sender now.
     pub fn push(&self, shard: ShardId, user: &UserId, change: UserBackup, urgent: bool) {
+        let progress = change.progress.is_some();
         {
             let mut lane = self.lanes[shard.0 as usize % LANES]
                 .lock()
@@ -63,6 +77,10 @@ impl BackupFeed {
                 }
             }
         }
+        if progress {
+            // After the change is in a lane, so a round taken after this count has it.
+            self.changes.fetch_add(1, Ordering::SeqCst);
+        }
         if urgent {
             self.urgent.notify_one();
         }
@@ -70,6 +88,8 @@ impl BackupFeed {
 
     /// Takes every change left so far.
     pub fn take(&self) -> Vec<(ShardId, UserId, UserBackup)> {
+        self.taken_at
+            .store(self.changes.load(Ordering::SeqCst), Ordering::SeqCst);
         let mut taken = Vec::new();
         for lane in self.lanes.iter() {
             let lane = std::mem::take(&mut *lane.lock().expect("not poisoned"));
@@ -81,35 +101,28 @@ impl BackupFeed {
         taken
     }
 
-    /// The sender is about to send `entries` progress entries.
-    pub fn sending(&self, entries: usize) {
-        self.in_flight.store(entries, Ordering::Release);
-    }
-
-    /// The sender's round is over; `ok` when every backup acknowledged its part.
+    /// The sender's round is over; `ok` when every backup acknowledged its part, which
+    /// then holds every change taken into it.
     pub fn sent(&self, ok: bool) {
-        self.in_flight.store(0, Ordering::Release);
-        self.failing.store(!ok, Ordering::Release);
+        if ok {
+            self.backed_through
+                .store(self.taken_at.load(Ordering::SeqCst), Ordering::SeqCst);
+        }
+        self.failing.store(!ok, Ordering::SeqCst);
     }
 
-    /// Of the node's `dirty` unstored progress entries, how many no backup holds: all of
-    /// them without backups (a single node) or while backups cannot be reached, else those
-    /// not yet sent or acknowledged. What a crash now would lose.
-    pub fn unbacked(&self, dirty: usize) -> usize {
-        if !self.is_enabled() || self.failing.load(Ordering::Acquire) {
-            return dirty;
+    /// At most how many progress entries changed since the backups last acknowledged
+    /// everything (counting every change, so a bound, never low); `None` when backups
+    /// cannot be counted on (a single node, none acknowledged yet, or the last round
+    /// failed), so that every unstored entry is at risk.
+    pub fn unbacked_changes(&self) -> Option<usize> {
+        if !self.is_enabled() || self.failing.load(Ordering::SeqCst) {
+            return None;
         }
-        let waiting: usize = self
-            .lanes
-            .iter()
-            .map(|lane| {
-                let lane = lane.lock().expect("not poisoned");
-                lane.values()
-                    .map(|(_, change)| change.progress.as_ref().map_or(0, Vec::len))
-                    .sum::<usize>()
-            })
-            .sum();
-        (waiting + self.in_flight.load(Ordering::Acquire)).min(dirty)
+        match self.backed_through.load(Ordering::SeqCst) {
+            NOT_BACKED => None,
+            through => Some(self.changes.load(Ordering::SeqCst).saturating_sub(through) as usize),
+        }
     }
 
     /// Waits until a change is urgent.

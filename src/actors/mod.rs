@@ -6,6 +6,7 @@ mod command;
 mod flusher;
 mod registry;
 mod services;
+mod unflushed;
 mod user;
 
 pub use backup::BackupFeed;
@@ -13,4 +14,5 @@ pub use command::{CommandReply, UnexpectedReply, UserCommand};
 pub use flusher::Flusher;
 pub use registry::{ActorSettings, ActorUnavailable, CallError, Registry, Tracked, UserHandoff};
 pub use services::{DirtyBudget, UserServices};
+pub use unflushed::UnflushedMarker;
 pub use user::{LibraryError, UserActor};

@@ -527,25 +527,23 @@ impl Registry {
         });
         let all = futures_util::future::join_all(stopped);
         let timed_out = tokio::time::timeout(deadline, all).await.is_err();
-        // Whatever is still dirty now belongs to actors that timed out, or that HTTP's
-        // stop dropped on a worker thread: it will not be written.
-        let unflushed = self.inner.services.dirty.used();
-        if timed_out || unflushed > 0 {
-            tracing::error!(
-                unflushed,
-                "user actors did not finish flushing before the shutdown deadline"
-            );
-            self.inner
-                .services
-                .metrics
-                .progress_lost
-                .inc_by(unflushed as u64);
+        if timed_out {
+            tracing::error!("user actors did not finish flushing before the shutdown deadline");
         }
         let threads = std::mem::take(&mut *self.inner.owned_threads.lock().expect("not poisoned"));
         for thread in threads {
             thread.stop();
             // Joining blocks; the threads have nothing left to run, so it is immediate.
             let _ = thread.join();
+        }
+        // Actors that stopped with unstored progress counted it; what is still taken
+        // belongs to actors HTTP's stop dropped on a worker thread: it will not be written.
+        let unflushed = self.inner.services.dirty.lose_the_rest();
+        if unflushed > 0 {
+            tracing::error!(
+                unflushed,
+                "stopped with unflushed progress of dropped actors"
+            );
         }
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::backup::BackupFeed;
 use super::flusher::Flusher;
+use super::unflushed::UnflushedMarker;
 use crate::clock::Clock;
 use crate::cluster::OwnershipLease;
 use crate::events::Outbox;
@@ -25,6 +26,20 @@ pub struct UserServices {
     pub lease: Arc<OwnershipLease>,
     /// Where actors leave changes for their shards' backup nodes.
     pub backup_feed: Arc<BackupFeed>,
+    /// Covers every acknowledged update in the count a crash would leave.
+    pub unflushed: Arc<UnflushedMarker>,
+}
+
+impl UserServices {
+    /// At most how many acknowledged progress entries a crash now would lose: those not
+    /// stored, or, while backups hold this node's changes, the changes made since they
+    /// last acknowledged everything, if fewer. Atomics only: read on every update.
+    pub fn at_risk(&self) -> usize {
+        let dirty = self.dirty.used();
+        self.backup_feed
+            .unbacked_changes()
+            .map_or(dirty, |changes| changes.min(dirty))
+    }
 }
 
 /// How many unflushed progress entries this node may hold: bounds the memory (and the
@@ -59,11 +74,42 @@ impl DirtyBudget {
         taken
     }
 
+    /// Gives back entries that were stored (or that another node now owns).
     pub fn give_back(&self, entries: usize) {
-        if entries > 0 {
-            self.used.fetch_sub(entries, Ordering::AcqRel);
-            self.metrics.progress_dirty_entries.sub(entries as i64);
+        self.release(entries);
+    }
+
+    /// Gives back entries that will never be stored, counting them lost.
+    pub fn lose(&self, entries: usize) {
+        let lost = self.release(entries);
+        self.metrics.progress_lost.inc_by(lost as u64);
+    }
+
+    /// At the end of a shutdown: counts as lost whatever is still taken, and gives it back.
+    /// Actors that stop later (dropped with an HTTP worker) find nothing left to count, so
+    /// no entry is counted twice.
+    pub fn lose_the_rest(&self) -> usize {
+        let rest = self.used.swap(0, Ordering::AcqRel);
+        self.metrics.progress_dirty_entries.sub(rest as i64);
+        self.metrics.progress_lost.inc_by(rest as u64);
+        rest
+    }
+
+    /// Gives back up to `entries`, never below zero (`lose_the_rest` may have taken them
+    /// already); returns how many it gave back.
+    fn release(&self, entries: usize) -> usize {
+        if entries == 0 {
+            return 0;
         }
+        let before = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                Some(used.saturating_sub(entries))
+            })
+            .unwrap_or_else(|used| used);
+        let released = before.min(entries);
+        self.metrics.progress_dirty_entries.sub(released as i64);
+        released
     }
 
     pub fn used(&self) -> usize {
@@ -84,5 +130,22 @@ mod tests {
         budget.give_back(1);
         assert!(budget.take());
         assert_eq!(budget.used(), 2);
+    }
+
+    #[test]
+    fn an_entry_lost_at_shutdown_counts_once() {
+        let metrics = Arc::new(Metrics::new());
+        let budget = DirtyBudget::new(10, Arc::clone(&metrics));
+        for _ in 0..3 {
+            assert!(budget.take());
+        }
+        budget.lose(1);
+        assert_eq!(budget.lose_the_rest(), 2);
+        // An actor that stops after the sweep, still holding its two entries.
+        budget.lose(2);
+        budget.give_back(1);
+        assert_eq!(metrics.progress_lost.get(), 3);
+        assert_eq!(budget.used(), 0);
+        assert_eq!(metrics.progress_dirty_entries.get(), 0);
     }
 }

@@ -407,8 +407,7 @@ impl Actor for UserActor {
         } else if unflushed > 0 {
             // Only reachable when the store stayed away for the whole shutdown window.
             tracing::error!(user = %self.user, entries = unflushed, "stopped with unflushed progress");
-            metrics.progress_lost.inc_by(unflushed as u64);
-            self.services.dirty.give_back(unflushed);
+            self.services.dirty.lose(unflushed);
         }
     }
 }
@@ -454,14 +453,10 @@ impl Handler<UserCommand> for UserActor {
                 .on_library(CommandReply::Progress, move |actor| {
                     Ok(actor.progress_of(asset))
                 }),
-            UserCommand::SetProgress { asset, seconds } => self
-                .on_library(CommandReply::Done, move |actor| {
-                    actor.set_progress(asset, Some(seconds))
-                }),
-            UserCommand::ClearProgress(asset) => self
-                .on_library(CommandReply::Done, move |actor| {
-                    actor.set_progress(asset, None)
-                }),
+            UserCommand::SetProgress { asset, seconds } => {
+                self.update_progress(asset, Some(seconds))
+            }
+            UserCommand::ClearProgress(asset) => self.update_progress(asset, None),
             UserCommand::GetWatchlist => self.on_library(CommandReply::Watchlist, |actor| {
                 Ok(actor.library().watchlist.items())
             }),
@@ -488,6 +483,45 @@ impl UserActor {
                 all
             }
         }
+    }
+
+    /// Records (`Some`) or clears (`None`) progress and answers once a crash would count
+    /// it lost (`UnflushedMarker`): at once, unless a burst outran the marker's reservation.
+    fn update_progress(
+        &mut self,
+        asset: AssetId,
+        seconds: Option<Seconds>,
+    ) -> ActorResponse<UserActor, CommandReply> {
+        if self.library.is_none() {
+            return self.with_library(CommandReply::Done, move |actor| {
+                match actor.set_progress_covered(asset, seconds) {
+                    Ok(None) => Box::pin(ready(Ok(()))),
+                    Ok(Some(covered)) => Box::pin(covered.into_actor(actor).map(|(), _, _| Ok(()))),
+                    Err(e) => Box::pin(ready(Err(e))),
+                }
+            });
+        }
+        self.last_activity = Instant::now();
+        match self.set_progress_covered(asset, seconds) {
+            Ok(None) => ActorResponse::reply(CommandReply::Done(Ok(()))),
+            Ok(Some(covered)) => ActorResponse::r#async(
+                covered
+                    .into_actor(self)
+                    .map(|(), _, _| CommandReply::Done(Ok(()))),
+            ),
+            Err(e) => ActorResponse::reply(CommandReply::Done(Err(e))),
+        }
+    }
+
+    /// `set_progress`, then what to wait for before acknowledging it, if anything.
+    fn set_progress_covered(
+        &mut self,
+        asset: AssetId,
+        seconds: Option<Seconds>,
+    ) -> LibraryResult<Option<impl Future<Output = ()> + 'static>> {
+        self.set_progress(asset, seconds)?;
+        let services = &self.services;
+        Ok(services.unflushed.cover(services.at_risk()))
     }
 
     /// Records (`Some`) or clears (`None`) progress, within the node's dirty budget.

@@ -27,12 +27,17 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError {
 }
 
 /// Opens (or creates) the Raft database; the state machine keeps its snapshot in it too.
+/// A damaged, emptied or vanished file is an error naming it (see `store::redb_file`).
 pub fn open_database(path: &std::path::Path) -> Result<Arc<Database>, String> {
-    let db = Database::create(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    let txn = db.begin_write().map_err(|e| e.to_string())?;
-    txn.open_table(LOG).map_err(|e| e.to_string())?;
-    txn.open_table(META).map_err(|e| e.to_string())?;
-    txn.commit().map_err(|e| e.to_string())?;
+    const LOSES: &str = "this node's place in the cluster (first remove it with `playstate \
+                         cluster remove`, then let it join again as a new member; a single \
+                         node becomes a new cluster)";
+    let db = crate::store::redb_file::open(path, LOSES, |db| {
+        let txn = db.begin_write().map_err(|e| e.to_string())?;
+        txn.open_table(LOG).map_err(|e| e.to_string())?;
+        txn.open_table(META).map_err(|e| e.to_string())?;
+        txn.commit().map_err(|e| e.to_string())
+    })?;
     Ok(Arc::new(db))
 }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+use super::redb_file;
 use super::{ProgressItem, StoreError, StoredLibrary, TrailerStore, UserStore};
 use crate::domain::{AssetId, Timestamp, TrailerEntry, UserId};
 
@@ -19,7 +20,11 @@ const TRAILERS: TableDefinition<&str, &str> = TableDefinition::new("trailers");
 
 pub struct EmbeddedStore {
     db: Arc<Database>,
+    path: Arc<Path>,
 }
+
+/// What starting without the file gives up (see `redb_file::remedy`).
+const LOSES: &str = "the users' progress and watchlists it holds";
 
 fn key(user: &UserId, asset: &AssetId) -> String {
     format!("{}\0{}", user.as_str(), asset)
@@ -45,27 +50,45 @@ fn asset_of(key: &str) -> Result<AssetId, StoreError> {
 }
 
 impl EmbeddedStore {
+    /// Opens the store, or creates it in a data dir that never held one; a damaged, emptied
+    /// or vanished file is an error naming it (see `redb_file`).
     pub fn open(path: &Path) -> Result<EmbeddedStore, StoreError> {
-        let db = Database::create(path)
-            .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
-        // Create the tables up front so reads never meet a missing table.
-        let txn = db.begin_write().map_err(unavailable)?;
-        txn.open_table(PROGRESS).map_err(unavailable)?;
-        txn.open_table(WATCHLIST).map_err(unavailable)?;
-        txn.open_table(TRAILERS).map_err(unavailable)?;
-        txn.commit().map_err(unavailable)?;
-        Ok(EmbeddedStore { db: Arc::new(db) })
+        let db = redb_file::open(path, LOSES, |db| {
+            // Create the tables up front so reads never meet a missing table.
+            let txn = db.begin_write().map_err(|e| e.to_string())?;
+            txn.open_table(PROGRESS).map_err(|e| e.to_string())?;
+            txn.open_table(WATCHLIST).map_err(|e| e.to_string())?;
+            txn.open_table(TRAILERS).map_err(|e| e.to_string())?;
+            txn.commit().map_err(|e| e.to_string())
+        })
+        .map_err(StoreError::Unavailable)?;
+        Ok(EmbeddedStore {
+            db: Arc::new(db),
+            path: path.into(),
+        })
     }
 
-    /// Runs blocking redb work off the async threads.
+    /// Runs blocking redb work off the async threads. redb panics on some damage it meets
+    /// only when reading (a page altered after the start's check): that fails the
+    /// operation with an error naming the file, logged, instead of a bare task failure.
     async fn blocking<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let db = Arc::clone(&self.db);
-        tokio::task::spawn_blocking(move || work(&db))
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+        match tokio::task::spawn_blocking(move || work(&db)).await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => {
+                let damaged = redb_file::damaged(
+                    &self.path,
+                    &redb_file::remedy(&self.path, LOSES),
+                    &redb_file::panic_message(&*e.into_panic()),
+                );
+                tracing::error!(error = %damaged, "store operation failed");
+                Err(StoreError::Corrupt(damaged))
+            }
+            Err(e) => Err(StoreError::Unavailable(format!("store task failed: {e}"))),
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod dynamo;
 pub mod embedded;
+pub mod redb_file;
 
 use std::sync::Arc;
 

@@ -147,13 +147,6 @@ pub(super) async fn send_backups(users: Users, peers: Peers, interval: Duration)
                 users,
             });
         }
-        let entries = batches
-            .values()
-            .flatten()
-            .flat_map(|c| &c.users)
-            .map(|(_, b)| b.progress.as_ref().map_or(0, Vec::len))
-            .sum();
-        feed.sending(entries);
         let sends = batches.into_iter().map(|(node, shards)| {
             let addr = table.cluster_addr(node).cloned();
             let peers = &peers;
