@@ -355,7 +355,12 @@ fn read_spool(path: &Path) -> Vec<EventRecord> {
         .filter_map(|(index, line)| match serde_json::from_slice::<EventRecord>(line) {
             Ok(record) => Some(record),
             Err(e) => {
-                tracing::error!(line = index + 1, error = %e, "skipping an unreadable journaled event");
+                tracing::warn!(
+                    file = %path.display(),
+                    line = index + 1,
+                    error = %e,
+                    "skipping an unreadable journaled event (torn by a crash or damaged); the other lines are kept"
+                );
                 None
             }
         })
