@@ -56,3 +56,7 @@ run_tests --workspace "$@"
 step "contract tests through a node that owns none of the users (every command forwarded)"
 # Each TestNode becomes an owner plus a drained entry node; see tests/api/helpers.rs.
 TEST_THROUGH_PEER=1 run_tests --test api "$@" -- streams:: library::
+
+step "Prometheus and Grafana: promtool checks and rule tests, then a real Prometheus over a loaded 3-node cluster"
+# Installs Debian's prometheus package when promtool is missing; uses the moto above.
+scripts/observability-check.sh

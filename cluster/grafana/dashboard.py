@@ -100,6 +100,14 @@ ROWS = [
         ("5xx share", "percentunit", "timeseries", [
             t(f"({REQUESTS_5XX} or vector(0)) / {REQUESTS}", "5xx / all"),
         ], "The alert fires at 5 % for 5 minutes."),
+        ("Player connections", "short", "timeseries", [
+            t(f"sum by (instance) (playstate_http_connections_open{{{S}}})", "open {{instance}}"),
+            t(f"sum(increase(playstate_http_connections_refused_total{{{S}}}[{RATE}]))",
+              "refused (server.max_connections)"),
+            t(f"sum(increase(playstate_http_body_timeouts_total{{{S}}}[{RATE}]))",
+              "bodies timed out (408)"),
+        ], "Open connections per node; connections refused at the cap, and requests whose "
+           "body did not arrive within server.body_timeout."),
     ]),
     ("Cluster", [
         ("Members by state", "short", "timeseries", [
