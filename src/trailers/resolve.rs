@@ -108,7 +108,9 @@ impl Resolver {
                     let status = response.status();
                     if tmdb {
                         self.metrics.tmdb_requests(status.as_str()).inc();
-                        self.metrics.tmdb_last_status.set(i64::from(status.as_u16()));
+                        self.metrics
+                            .tmdb_last_status
+                            .set(i64::from(status.as_u16()));
                     }
                     if status.is_success() {
                         return response.json().await.map_err(|e| {
