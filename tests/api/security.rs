@@ -2,6 +2,7 @@
 //! world, ids that cannot alias each other through broken escapes, tokens refused with the
 //! reason, client garbage that never pages anyone, and one correlation id across nodes.
 
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
@@ -39,24 +40,53 @@ fn log_lines(node: &TestNode) -> Vec<Value> {
         .collect()
 }
 
-#[tokio::test]
-async fn a_node_beyond_loopback_refuses_to_start_without_token_verification() {
-    let (status, output) = TestNode::run_once("", &beyond_loopback(), &[]);
-    assert_eq!(status.code(), Some(2), "{output}");
+/// Runs the binary with `args` and no configuration file until it exits: its exit code
+/// and its output. Panics if it is still running after a few seconds (it started).
+fn run_to_refusal(args: &[&str]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_playstate"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run playstate");
+    let started = Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if started.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("playstate {args:?} did not exit: it started");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().expect("output");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.code(), text)
+}
+
+#[test]
+fn a_node_beyond_loopback_refuses_to_start_without_token_verification() {
+    let serve = ["--listen", "0.0.0.0:0", "--cluster-listen", "127.0.0.1:0"];
+    let (code, output) = run_to_refusal(&serve);
+    assert_eq!(code, Some(2), "{output}");
     for key in AUTH_KEYS {
         assert!(output.contains(key), "the refusal names {key}: {output}");
     }
     // check-config says the same, before anyone tries to start it.
-    let mut args = beyond_loopback();
-    args.push("check-config".into());
-    let (status, output) = TestNode::run_once("", &args, &[]);
-    assert_eq!(status.code(), Some(2), "{output}");
+    let (code, output) = run_to_refusal(&["--listen", "0.0.0.0:0", "check-config"]);
+    assert_eq!(code, Some(2), "{output}");
     for key in AUTH_KEYS {
         assert!(output.contains(key), "check-config names {key}: {output}");
     }
     // On loopback nothing is asked.
-    let (status, output) = TestNode::run_once("", &["check-config".into()], &[]);
-    assert!(status.success(), "{output}");
+    let (code, output) = run_to_refusal(&["check-config"]);
+    assert_eq!(code, Some(0), "{output}");
 }
 
 #[tokio::test]
