@@ -1,5 +1,8 @@
 # Build: docker build -t playstate .
-# Run:   docker run -p 8080:8080 -e PLAYSTATE_SERVER__LISTEN=0.0.0.0:8080 playstate
+# Run:   docker run -p 8080:8080 -e PLAYSTATE_AUTH__JWT_HS256_SECRET=<the token issuer's key> playstate
+#        or, behind a gateway that verifies bearer tokens and alone reaches the container,
+#        -e PLAYSTATE_AUTH__TRUST_UPSTREAM=true. With neither, a node listening on 0.0.0.0
+#        (as here) refuses to start: it would take any token's `sub` on trust.
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./

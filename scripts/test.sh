@@ -32,9 +32,10 @@ for name in ("entrypoint.sh", "playstate.toml"):
     open(f"{sys.argv[1]}/{name}", "w").write(data[name])
 PY
 sh -n "$K8S_OUT/entrypoint.sh"
-# The node configuration as a pod gets it (the entrypoint sets these three).
-PLAYSTATE_CLUSTER__SECRET=check PLAYSTATE_CLUSTER__NODE_ID=1 \
-  PLAYSTATE_CLUSTER__ADVERTISE=playstate-0.playstate-cluster \
+# The node configuration as a pod gets it (the statefulset sets the two secrets, the
+# entrypoint the id and the advertised address).
+PLAYSTATE_CLUSTER__SECRET=check PLAYSTATE_AUTH__JWT_HS256_SECRET=check \
+  PLAYSTATE_CLUSTER__NODE_ID=1 PLAYSTATE_CLUSTER__ADVERTISE=playstate-0.playstate-cluster \
   cargo run --quiet --locked --bin playstate -- --config "$K8S_OUT/playstate.toml" check-config >/dev/null
 echo "manifests, entrypoint and configuration are valid"
 
