@@ -143,6 +143,14 @@ def check(prom, dashboard_file, alerts_file, job):
     queries += [(f"alert  {r['alert']}", r["expr"], False) for r in rules]
 
     failures, rows = 0, []
+    # An alert on a misspelt or renamed metric evaluates fine and never fires: every
+    # metric a query names must be one the nodes export.
+    exported = set(api(prom, "/api/v1/label/__name__/values")["data"])
+    for name, expr, _ in queries:
+        unknown = sorted(set(re.findall(r"\bplaystate_\w+", expr)) - exported)
+        if unknown:
+            failures += 1
+            rows.append(("FAIL", name, f"no such metric: {', '.join(unknown)}"))
     for name, expr, needs_data in queries:
         answer = api(prom, "/api/v1/query", query=expr)
         if answer.get("status") != "success":
