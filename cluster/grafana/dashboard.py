@@ -174,7 +174,8 @@ ROWS = [
         ("Progress lost", "short", "timeseries", [
             t(f"sum by (instance) (increase(playstate_progress_lost_total{{{S}}}[{RATE}]))",
               "{{instance}}"),
-        ], "Unstored progress a crash or a shutdown without the store lost."),
+        ], "Progress entries whose last acknowledged value was never stored: a shutdown "
+           "the store did not answer, or a crash (counted at the next start, never under)."),
     ]),
     ("BI events", [
         ("Events/s by outcome", "ops", "timeseries", [
