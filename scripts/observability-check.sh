@@ -144,6 +144,16 @@ start_node 1
 start_node 2 "$CLUSTER_1"
 start_node 3 "$CLUSTER_1"
 NODES=("$ADDR_1" "$ADDR_2" "$ADDR_3")
+# Balanced: every node owns shards and none is moving (requests for a moving shard wait).
+settled() {
+  local addr metrics
+  for addr in "${NODES[@]}"; do
+    metrics=$(curl -fs "http://$addr/metrics") || return 1
+    grep -q '^playstate_cluster_shards_moving 0$' <<<"$metrics" || return 1
+    grep -Eq '^playstate_cluster_shards_owned [1-9]' <<<"$metrics" || return 1
+  done
+}
+wait_for 60 settled || die "the shards did not settle over the three nodes"
 
 say "Prometheus scraping it every second"
 printf '[{"targets":["%s","%s","%s"]}]\n' "${NODES[@]}" >"$WORK/targets.json"
