@@ -58,6 +58,9 @@ step "contract tests through a node that owns none of the users (every command f
 # Each TestNode becomes an owner plus a drained entry node; see tests/api/helpers.rs.
 TEST_THROUGH_PEER=1 run_tests --test api "$@" -- streams:: library::
 
+step "schemathesis: every operation of docs/openapi.json, on one node and through a node that owns none of the users"
+scripts/schemathesis.sh all
+
 step "Prometheus and Grafana: promtool checks and rule tests, then a real Prometheus over a loaded 3-node cluster"
 # Installs Debian's prometheus package when promtool is missing; uses the moto above.
 scripts/observability-check.sh

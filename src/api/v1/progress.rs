@@ -42,7 +42,9 @@ struct ProgressBody {
     progress: Option<serde_json::Value>,
 }
 
-/// The body's progress: 400 unless an integer, 416 unless within `0..=max`.
+/// The body's progress: 400 unless an integer, 416 unless within `0..=max`. An integer is
+/// a number without a fraction, `1135.0` too: JSON Schema (so the OpenAPI document) counts
+/// it as one, and clients whose JSON numbers are all floats send it so.
 fn seconds_in(body: &[u8], max: Seconds) -> std::result::Result<Seconds, ApiError> {
     let parsed: ProgressBody = body::object(body)?;
     let number = match parsed.progress {
@@ -58,10 +60,14 @@ fn seconds_in(body: &[u8], max: Seconds) -> std::result::Result<Seconds, ApiErro
             .filter(|s| *s <= max)
             .ok_or_else(out_of_range);
     }
-    if number.as_i64().is_some() {
-        return Err(out_of_range());
+    match number.as_f64() {
+        Some(f) if f.fract() != 0.0 || !f.is_finite() => {
+            Err(ApiError::field("progress", FieldProblem::NotInteger))
+        }
+        // Integral and within `0..=max`, so exactly representable as `Seconds`.
+        Some(f) if (0.0..=f64::from(max)).contains(&f) => Ok(f as Seconds),
+        _ => Err(out_of_range()),
     }
-    Err(ApiError::field("progress", FieldProblem::NotInteger))
 }
 
 async fn list(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse> {
@@ -142,6 +148,11 @@ mod tests {
         assert_eq!(status(r#"{"progress":1001}"#), Some(416));
         assert_eq!(status(r#"{"progress":-1}"#), Some(416));
         assert_eq!(status(r#"{"progress":99999999999999}"#), Some(416));
+        assert_eq!(seconds_in(br#"{"progress":1135.0}"#, 2000).unwrap(), 1135);
+        assert_eq!(seconds_in(br#"{"progress":-0.0}"#, 2000).unwrap(), 0);
+        assert_eq!(status(r#"{"progress":1001.0}"#), Some(416));
+        assert_eq!(status(r#"{"progress":-1.0}"#), Some(416));
+        assert_eq!(status(r#"{"progress":1e300}"#), Some(416));
         for bad in [
             r#"{"progress":1.5}"#,
             r#"{"progress":"10"}"#,
