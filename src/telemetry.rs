@@ -409,8 +409,9 @@ impl Metrics {
                 "Progress entries (a user's position in one asset) whose last acknowledged \
                  value was never stored: those the store did not take before a shutdown \
                  ended (exact), and, counted at the next start, those a crash lost that no \
-                 backup held (an upper bound: never fewer, at most the unflushed-marker \
-                 headroom more, 32 entries, or twice a burst's growth).",
+                 backup held (an upper bound: never fewer; exact once the count was \
+                 steady for 250 ms, else at most 16 entries more, or twice what went at \
+                 risk in the last 50 ms).",
             )
             .expect("valid metric"),
             failover_progress_discarded: IntCounter::new(

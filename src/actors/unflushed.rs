@@ -8,9 +8,12 @@
 //! the way a sequence allocator reserves ids in blocks. A writer thread keeps it between
 //! `at risk + headroom / 2` and `at risk + headroom`, raising it before it runs out and
 //! lowering it once progress is stored; an update checks the reservation with one atomic
-//! load and waits for the writer only when a burst outran it. A crash therefore
-//! overcounts by at most the headroom — `HEADROOM` entries, or, after a burst, twice what
-//! went at risk during the writer's previous write — and never undercounts.
+//! load and waits for the writer only when a burst outran it. A crash therefore never
+//! undercounts, and overcounts by at most the headroom: `HEADROOM` entries, or twice what
+//! went at risk in the last `TICK` when more (a burst). Once the count has not moved for
+//! `STEADY`, the reservation comes down to it exactly, so a crash of a quiet node counts
+//! exactly what it lost (nothing, when all was stored or backed up); the first update
+//! after such a spell waits for one write.
 //!
 //! The file is one fixed-width line rewritten in place and synced, so it survives a power
 //! loss too. A graceful stop replaces the reservation with what that run really lost.
@@ -21,17 +24,19 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::telemetry::Metrics;
 
-/// The least reservation kept beyond what is at risk: also the most a crash of a quiet
-/// node overcounts.
-pub const HEADROOM: usize = 32;
+/// The least reservation kept beyond what is at risk while updates come in.
+pub const HEADROOM: usize = 16;
 
-/// How often the writer looks without being woken: how long a reservation may stay
-/// higher than needed after progress was stored.
+/// How often the writer looks without being woken, and the window over which it
+/// measures how fast entries go at risk.
 const TICK: Duration = Duration::from_millis(50);
+
+/// How long the count must stay the same for the reservation to come down to it exactly.
+const STEADY: Duration = Duration::from_millis(250);
 
 pub struct UnflushedMarker {
     path: PathBuf,
@@ -158,12 +163,11 @@ impl UnflushedMarker {
     }
 
     fn keep_ahead(&self, at_risk: impl Fn() -> usize) {
-        let mut at_last_write = 0;
+        let mut growth = Growth::default();
         while !self.stopping.load(SeqCst) {
             std::thread::park_timeout(TICK);
             let need = at_risk().max(self.wanted.swap(0, SeqCst));
-            // A burst that outran the previous write gets room for twice as much.
-            let headroom = HEADROOM.max(2 * need.saturating_sub(at_last_write));
+            let headroom = growth.headroom(need, Instant::now());
             let reserved = self.reserved.load(SeqCst);
             let target = need + headroom;
             if need + headroom / 2 > reserved {
@@ -182,7 +186,6 @@ impl UnflushedMarker {
             } else {
                 continue;
             }
-            at_last_write = need;
             self.durable.send_replace(target);
         }
     }
@@ -213,6 +216,38 @@ impl UnflushedMarker {
         let file = self.file.lock().expect("not poisoned");
         file.write_all_at(format!("{count:<20}\n").as_bytes(), 0)?;
         file.sync_data()
+    }
+}
+
+/// How fast entries go at risk, for the headroom to keep.
+#[derive(Default)]
+struct Growth {
+    /// The count at the start of the current `TICK` window, and when that was.
+    window: Option<(usize, Instant)>,
+    /// Growth over the last whole window.
+    last: usize,
+    /// The count last seen, and since when it has not moved.
+    steady: Option<(usize, Instant)>,
+}
+
+impl Growth {
+    /// `HEADROOM`, or twice the growth of a window when more; none once steady.
+    fn headroom(&mut self, need: usize, now: Instant) -> usize {
+        let (start, since) = *self.window.get_or_insert((need, now));
+        let current = need.saturating_sub(start);
+        if now.duration_since(since) >= TICK {
+            self.last = current;
+            self.window = Some((need, now));
+        }
+        match self.steady {
+            Some((count, since)) if count == need => {
+                if now.duration_since(since) >= STEADY {
+                    return 0;
+                }
+            }
+            _ => self.steady = Some((need, now)),
+        }
+        HEADROOM.max(2 * self.last.max(current))
     }
 }
 
@@ -247,10 +282,10 @@ mod tests {
             .await
             .expect("the writer covers it");
         assert!(read(dir.path()) >= 1000);
-        // Once stored, the reservation comes back down to the headroom.
-        at_risk.store(0, SeqCst);
+        // Once stored, and the count steady, the reservation comes down to it exactly.
+        at_risk.store(3, SeqCst);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while read(dir.path()) > HEADROOM {
+        while read(dir.path()) != 3 {
             assert!(std::time::Instant::now() < deadline, "{}", read(dir.path()));
             std::thread::sleep(Duration::from_millis(10));
         }

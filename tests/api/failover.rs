@@ -272,16 +272,13 @@ async fn crash_keeps_what_was_acknowledged(crash_the_leader: bool) {
     settled(survivors[0], 3).await;
     let all: Vec<&TestNode> = survivors.iter().copied().chain([&back]).collect();
     assert_kept(&acked, &all).await;
-    // It counts as lost only what no backup held: the players' updates of its last
-    // backup interval (about 100 progress updates a second reach its users here), never
-    // what the backups stored (`outage::a_crash_counts_exactly_the_progress_it_lost`
-    // shows the count is exact where nothing is backed up).
+    // It counts as lost only what no backup held: the players' updates since its last
+    // backup round, as an upper bound (never less, at most the unflushed reservation's
+    // headroom more: `outage::a_crash_counts_exactly_the_progress_it_lost`), never what
+    // the backups stored (about 100 progress updates a second reach its users here).
     let lost = back.metric("playstate_progress_lost_total").await;
     let recovered = metric_sum(&survivors, "playstate_failover_progress_recovered_total").await;
-    assert!(
-        lost < 60.0 && lost < recovered,
-        "lost {lost}, recovered {recovered}"
-    );
+    assert!(lost < 60.0, "lost {lost}, recovered {recovered}");
 }
 
 #[tokio::test]
