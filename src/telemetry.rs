@@ -411,7 +411,7 @@ impl Metrics {
                  ended (exact), and, counted at the next start, those a crash lost that no \
                  backup held (an upper bound: never fewer; exact once the count was \
                  steady for 250 ms, else at most 16 entries more, or twice what went at \
-                 risk in the last 50 ms).",
+                 risk in the last 25 ms).",
             )
             .expect("valid metric"),
             failover_progress_discarded: IntCounter::new(

@@ -33,7 +33,7 @@ pub const HEADROOM: usize = 16;
 
 /// How often the writer looks without being woken, and the window over which it
 /// measures how fast entries go at risk.
-const TICK: Duration = Duration::from_millis(50);
+const TICK: Duration = Duration::from_millis(25);
 
 /// How long the count must stay the same for the reservation to come down to it exactly.
 const STEADY: Duration = Duration::from_millis(250);
