@@ -38,6 +38,8 @@ die() { echo "schemathesis.sh: $*" >&2; exit 1; }
 case "$MODE" in single | cluster | all) ;; *) sed -n '2,17p' "$0"; exit 2 ;; esac
 
 emulator_install
+# The document itself first, against the OpenAPI 3.1 schema (the validator comes with moto).
+"$EMULATOR_VENV/bin/openapi-spec-validator" --schema 3.1 docs/openapi.json
 cargo build --quiet --locked --bin playstate
 rm -rf "$OUT"
 mkdir -p "$OUT"
