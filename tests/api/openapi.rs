@@ -1,7 +1,8 @@
 //! The OpenAPI document (docs/openapi.json): served at `GET /openapi.json` exactly as it is
 //! in the repository, and true of the real binary: every operation it names reaches a
-//! route, and every other method on its paths is refused with 405. (That no route is
-//! missing from it is checked where the routes are registered: src/api/openapi.rs.)
+//! route, and every other method on its paths is refused with 405 naming the documented
+//! ones in `Allow`. (That no route is missing from it is checked where the routes are
+//! registered: src/api/openapi.rs.)
 
 use std::collections::BTreeSet;
 
@@ -83,10 +84,10 @@ async fn every_documented_operation_reaches_a_route_and_other_methods_get_405() 
                 assert!(!unrouted, "{method} {template}: {status} {body}");
             } else {
                 assert_eq!(status, 405, "{method} {template} is not documented: {body}");
-                if let Some(allow) = allow {
-                    let allowed: BTreeSet<&str> = allow.split(',').map(str::trim).collect();
-                    assert_eq!(allowed, documented, "Allow of {method} {template}");
-                }
+                let allow =
+                    allow.unwrap_or_else(|| panic!("{method} {template}: 405 without Allow"));
+                let allowed: BTreeSet<&str> = allow.split(',').map(str::trim).collect();
+                assert_eq!(allowed, documented, "Allow of {method} {template}");
             }
         }
     }
