@@ -140,6 +140,50 @@ mod tests {
         assert_eq!(dev_only, DEV_ONLY.map(String::from).into());
     }
 
+    /// Every `.rs` file under `dir`.
+    fn sources(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir).expect("a source dir") {
+            let path = entry.expect("a dir entry").path();
+            if path.is_dir() {
+                files.extend(sources(&path));
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
+        }
+        files
+    }
+
+    /// The coverage test sees the routes `api::route` made: one registered any other way
+    /// would escape it (and be counted as "unmatched" in the metrics), so no player route
+    /// may be. The cluster listener's routes (api/cluster.rs) are not player routes.
+    #[test]
+    fn every_player_route_is_made_by_api_route() {
+        let api = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/api");
+        // Spelt in pieces, so that this file does not match itself. The first is what
+        // `api::route` itself uses, once, in api/mod.rs.
+        let other_ways = ["web::resource", "web::scope", "web::service", "cfg.route"]
+            .map(|way| format!("{way}("))
+            .into_iter()
+            .chain([format!(".route({}/", '"')]);
+        for file in sources(&api) {
+            if file.ends_with("cluster.rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&file).expect("a source file");
+            for (i, way) in other_ways.clone().enumerate() {
+                let allowed = usize::from(i == 0 && file.ends_with("api/mod.rs"));
+                assert_eq!(
+                    text.matches(&way).count(),
+                    allowed,
+                    "{} registers a route with {way}: use api::route, so that the \
+                     route-coverage test sees it",
+                    file.display()
+                );
+            }
+        }
+    }
+
     #[test]
     fn the_document_is_openapi_3_1() {
         let document: serde_json::Value = serde_json::from_str(DOCUMENT).expect("JSON");
