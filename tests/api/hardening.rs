@@ -108,11 +108,12 @@ async fn a_head_trickled_a_byte_a_second_is_cut_off_after_the_header_timeout() {
 
 #[tokio::test]
 async fn a_body_that_stalls_gets_408_and_its_connection_is_closed() {
+    const STALLED: usize = 1_100;
     let node = TestNode::spawn("[server]\nbody_timeout = \"1s\"\n").await;
     let u = user();
     let mut stalled = Vec::new();
-    // More stalled connections than anything else in the test opens, all at once.
-    for _ in 0..50 {
+    // As many as exhausted a node's 1,024 file descriptors before bodies had a deadline.
+    for _ in 0..STALLED {
         let mut stream = connect(&node).await;
         let head = format!(
             "POST /heartbeat HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 200\r\n\r\n{{\"userId\":\"{u}\","
@@ -120,6 +121,8 @@ async fn a_body_that_stalls_gets_408_and_its_connection_is_closed() {
         stream.write_all(head.as_bytes()).await.unwrap();
         stalled.push(stream);
     }
+    // While they stall, others are served.
+    assert!(exchange(&node, HEALTH).await.starts_with("HTTP/1.1 200"));
     for stream in &mut stalled {
         let response = read_to_close(stream).await;
         assert_eq!(status_of(&response), "408", "{response}");
@@ -130,7 +133,7 @@ async fn a_body_that_stalls_gets_408_and_its_connection_is_closed() {
     }
     assert_eq!(
         node.metric("playstate_http_body_timeouts_total").await,
-        50.0
+        STALLED as f64
     );
     // Nothing was taken: the half-sent heartbeats changed nothing.
     let streams = node.get_json(&format!("/user/{u}/streams"), &u).await;
