@@ -377,6 +377,13 @@ impl Node {
         } else {
             None
         };
+        crate::api::limits::fit_open_file_limit(config.server.max_connections);
+        let limits = HttpLimits::new(
+            config.server.max_connections,
+            config.server.body_timeout,
+            &metrics,
+        );
+        let connections = limits.clone();
         let state = web::Data::new(AppState {
             users,
             metrics: metrics.clone(),
@@ -394,6 +401,7 @@ impl Node {
                 publisher,
             },
             cluster: cluster.clone(),
+            limits,
         });
 
         let max_body = config.server.max_body_bytes;
@@ -402,13 +410,6 @@ impl Node {
             publish: config.dev.endpoints,
         };
         let http_workers = threads_or_cores(config.server.workers);
-        crate::api::limits::fit_open_file_limit(config.server.max_connections);
-        let limits = HttpLimits::new(
-            config.server.max_connections,
-            config.server.body_timeout,
-            &metrics,
-        );
-        let connections = limits.clone();
         let player_state = state.clone();
         let users = state.users.clone();
         let player = HttpServer::new(move || {
@@ -417,10 +418,6 @@ impl Node {
             App::new()
                 .app_data(player_state.clone())
                 .app_data(web::PayloadConfig::new(max_body))
-                .wrap(from_fn({
-                    let limits = limits.clone();
-                    move |req, next| limits.clone().enforce(req, next)
-                }))
                 .wrap(from_fn(api::middleware::observe))
                 .configure(|cfg| api::routes(cfg, dev_routes))
                 .default_service(web::to(api::ops::not_found))

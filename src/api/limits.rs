@@ -19,13 +19,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use actix_web::body::{EitherBody, MessageBody};
+use actix_web::HttpResponse;
 use actix_web::dev::{Extensions, Payload, ServiceRequest, ServiceResponse};
 use actix_web::error::PayloadError;
 use actix_web::http::header::{self, HeaderMap};
-use actix_web::middleware::Next;
+use actix_web::http::{ConnectionType, StatusCode};
 use actix_web::web::Bytes;
-use actix_web::{Error, HttpResponse};
 use futures_util::Stream;
 use prometheus::{IntCounter, IntGauge};
 
@@ -64,44 +63,46 @@ impl HttpLimits {
         });
     }
 
-    /// Middleware: refuses the requests of connections over the cap, and puts a deadline
-    /// on reading bodies.
-    pub async fn enforce(
-        self: Arc<Self>,
-        mut req: ServiceRequest,
-        next: Next<impl MessageBody + 'static>,
-    ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, Error> {
+    /// Before a request is served (by `middleware::observe`, so that this costs no
+    /// middleware layer of its own): the refusal for a connection over the cap; or, for
+    /// an admitted request, `None` and a deadline on reading its body.
+    pub fn refusal(&self, req: &mut ServiceRequest) -> Option<HttpResponse> {
         let admitted = req
             .conn_data::<ConnectionSlot>()
             .is_none_or(|slot| slot.admitted);
         if !admitted {
             self.refused.inc();
-            let refusal = HttpResponse::ServiceUnavailable()
+            return Some(HttpResponse::ServiceUnavailable()
                 .insert_header((header::RETRY_AFTER, "1"))
                 .force_close()
                 .content_type("application/problem+json")
                 .body(
                     r#"{"type":"about:blank","title":"Service Unavailable","status":503,"detail":"this node has as many connections open as it serves (server.max_connections); retry"}"#,
-                );
-            return Ok(req.into_response(refusal).map_into_right_body());
+                ));
         }
         if has_body(req.headers()) {
             let (_, payload) = req.parts_mut();
             let body = std::mem::replace(payload, Payload::None);
-            let deadline = Box::pin(tokio::time::sleep(self.body_timeout));
             req.set_payload(Payload::Stream {
-                payload: Box::pin(BodyWithDeadline { body, deadline }),
+                payload: Box::pin(BodyWithDeadline {
+                    body,
+                    deadline: tokio::time::Instant::now() + self.body_timeout,
+                    timer: None,
+                }),
             });
         }
-        let mut res = next.call(req).await?;
-        if res.status() == actix_web::http::StatusCode::REQUEST_TIMEOUT {
+        None
+    }
+
+    /// After a request was served: a body that missed its deadline leaves the rest of it
+    /// unread, so the connection cannot be reused.
+    pub fn finish<B>(&self, res: &mut ServiceResponse<B>) {
+        if res.status() == StatusCode::REQUEST_TIMEOUT {
             self.body_timeouts.inc();
-            // The rest of the body may still come; the connection cannot be reused.
             res.response_mut()
                 .head_mut()
-                .set_connection_type(actix_web::http::ConnectionType::Close);
+                .set_connection_type(ConnectionType::Close);
         }
-        Ok(res.map_into_left_body())
     }
 }
 
@@ -137,7 +138,10 @@ pub fn is_body_timeout(error: &actix_web::Error) -> bool {
 /// A request body that fails with `TimedOut` if it has not ended by its deadline.
 struct BodyWithDeadline {
     body: Payload,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    deadline: tokio::time::Instant,
+    /// Set only once the body has to be waited for: most bodies (a heartbeat's) come in
+    /// the head's packet, and then no timer is ever registered.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Stream for BodyWithDeadline {
@@ -147,7 +151,11 @@ impl Stream for BodyWithDeadline {
         if let Poll::Ready(item) = Pin::new(&mut self.body).poll_next(cx) {
             return Poll::Ready(item);
         }
-        match self.deadline.as_mut().poll(cx) {
+        let deadline = self.deadline;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        match timer.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Some(Err(PayloadError::Io(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "the request body did not arrive in time",

@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::time::Instant;
 
-use actix_web::body::MessageBody;
+use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::http::{Method, StatusCode};
@@ -37,17 +37,27 @@ pub fn note_user(req: &HttpRequest, user: &UserId) {
 }
 
 pub async fn observe(
-    req: ServiceRequest,
+    mut req: ServiceRequest,
     next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, Error> {
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, Error> {
     let started = Instant::now();
     let correlation = correlation_id(req.headers().get(&CORRELATION_ID));
     let method = method_label(req.method());
     let state = req.app_data::<web::Data<AppState>>().cloned();
-    // Commands forwarded to another node take the id along (see `ForwardedCommand`).
-    let mut res = REQUEST_CORRELATION_ID
-        .scope(correlation.clone(), next.call(req))
-        .await?;
+    let refusal = state
+        .as_ref()
+        .and_then(|state| state.limits.refusal(&mut req));
+    let mut res = match refusal {
+        // Commands forwarded to another node take the id along (see `ForwardedCommand`).
+        None => REQUEST_CORRELATION_ID
+            .scope(correlation.clone(), next.call(req))
+            .await?
+            .map_into_left_body(),
+        Some(refusal) => req.into_response(refusal).map_into_right_body(),
+    };
+    if let Some(state) = &state {
+        state.limits.finish(&mut res);
+    }
     let elapsed = started.elapsed();
     let status = res.status();
     let route = res.request().match_name().unwrap_or(UNMATCHED);
@@ -115,7 +125,10 @@ fn access_log(
             )
         };
     }
+    // A 503 is the node shedding load or waiting for a shard's owner, by design and with
+    // Retry-After: a flood of refused connections must not look like a flood of faults.
     match status {
+        503 => line!(warn),
         500.. => line!(error),
         _ => line!(info),
     }

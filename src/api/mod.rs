@@ -48,6 +48,8 @@ pub struct AppState {
     pub trailers: trailers::TrailersApi,
     /// This node's place in the cluster: `/ready`, and the cluster listener's routes.
     pub cluster: crate::cluster::Cluster,
+    /// The player listener's connection cap and body deadline (`middleware::observe`).
+    pub limits: std::sync::Arc<limits::HttpLimits>,
 }
 
 impl AppState {

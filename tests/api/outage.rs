@@ -73,46 +73,83 @@ async fn an_emulator_outage_loses_nothing() {
     assert_eq!(list[0]["asset"], kept.as_str());
 }
 
+/// A node whose BI queue is on an emulator of its own, crashed while that emulator was
+/// down with three watchlist events (for `pending`) waiting in its outbox.
+struct CrashedWithEventsPending {
+    emulator: PrivateEmulator,
+    aws: AwsFixture,
+    node: TestNode,
+    pending: Vec<String>,
+}
+
+impl CrashedWithEventsPending {
+    /// `before`: what the node does while its queue is still up.
+    async fn new(before: impl AsyncFnOnce(&TestNode, &AwsFixture, &str)) -> Self {
+        let mut emulator = PrivateEmulator::start().await;
+        let aws = AwsFixture::new(&emulator.endpoint()).await;
+        // The users' data in the embedded store, which stays up; only the queue goes away.
+        let config = format!("{}\n{}\n", aws.events_section(), aws.aws_section());
+        let mut node = TestNode::spawn_with(&config, &[], &[]).await;
+        let u = user();
+        before(&node, &aws, &u).await;
+        emulator.stop();
+        let pending: Vec<String> = (0..3).map(|_| asset()).collect();
+        for a in &pending {
+            assert_eq!(edit_watchlist(&node, &u, a).await, 200);
+        }
+        eventually("the events to wait in the outbox", || async {
+            (node.metric("playstate_outbox_depth").await == 3.0).then_some(())
+        })
+        .await;
+        node.crash();
+        CrashedWithEventsPending {
+            emulator,
+            aws,
+            node,
+            pending,
+        }
+    }
+
+    /// Brings the queue back, restarts the node, and returns it with the assets of the
+    /// `count` events delivered, sorted, and the emulator to keep alive.
+    async fn restart(self, count: usize) -> (TestNode, Vec<String>, PrivateEmulator) {
+        let emulator = PrivateEmulator::start_on(self.emulator.port).await;
+        self.aws.recreate().await;
+        let node = self.node.start_again().await;
+        let mut delivered: Vec<String> = self
+            .aws
+            .events(count)
+            .await
+            .iter()
+            .map(|e| e["assetId"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        delivered.sort();
+        (node, delivered, emulator)
+    }
+}
+
+async fn edit_watchlist(node: &TestNode, user: &str, asset: &str) -> u16 {
+    node.as_user(Method::PUT, &format!("/v1/watchlist/{asset}"), user)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 /// Events a node could not deliver when it crashed are journaled in its data dir and
 /// delivered after it restarts.
 #[tokio::test]
 async fn events_queued_at_a_crash_are_delivered_after_the_restart() {
-    let mut emulator = PrivateEmulator::start().await;
-    let aws = AwsFixture::new(&emulator.endpoint()).await;
-    // The users' data in the embedded store, which stays up; only the queue goes away.
-    let config = format!("{}\n{}\n", aws.events_section(), aws.aws_section());
-    let mut node = TestNode::spawn_with(&config, &[], &[]).await;
-    let u = user();
-    let edit = |node: &TestNode, a: &str| {
-        node.as_user(Method::PUT, &format!("/v1/watchlist/{a}"), &u)
-            .send()
-    };
-    assert_eq!(edit(&node, &asset()).await.unwrap().status(), 200);
-    assert_eq!(aws.events(1).await.len(), 1);
-
-    emulator.stop();
-    let pending: Vec<String> = (0..3).map(|_| asset()).collect();
-    for a in &pending {
-        assert_eq!(edit(&node, a).await.unwrap().status(), 200);
-    }
-    eventually("the events to wait in the outbox", || async {
-        (node.metric("playstate_outbox_depth").await == 3.0).then_some(())
+    let crashed = CrashedWithEventsPending::new(async |node, aws, u| {
+        assert_eq!(edit_watchlist(node, u, &asset()).await, 200);
+        assert_eq!(aws.events(1).await.len(), 1);
     })
     .await;
-    node.crash();
-
-    let _emulator = PrivateEmulator::start_on(emulator.port).await;
-    aws.recreate().await;
-    let node = node.start_again().await;
-    let events = aws.events(3).await;
-    let mut delivered: Vec<String> = events
-        .iter()
-        .map(|e| e["assetId"].as_str().unwrap_or_default().to_owned())
-        .collect();
-    delivered.sort();
-    let mut expected = pending.clone();
+    let mut expected = crashed.pending.clone();
     expected.sort();
-    assert_eq!(delivered, expected, "{events:?}");
+    let (node, delivered, _emulator) = crashed.restart(3).await;
+    assert_eq!(delivered, expected);
     assert_eq!(node.metric("playstate_outbox_depth").await, 0.0);
 }
 
@@ -132,27 +169,10 @@ async fn warning_about_line_2(node: &TestNode) -> serde_json::Value {
 /// others are delivered after the restart, and the node says which line it skipped.
 #[tokio::test]
 async fn a_damaged_byte_in_the_event_journal_loses_only_its_line() {
-    let mut emulator = PrivateEmulator::start().await;
-    let aws = AwsFixture::new(&emulator.endpoint()).await;
-    let config = format!("{}\n{}\n", aws.events_section(), aws.aws_section());
-    let mut node = TestNode::spawn_with(&config, &[], &[]).await;
-    let u = user();
-    let edit = |node: &TestNode, a: &str| {
-        node.as_user(Method::PUT, &format!("/v1/watchlist/{a}"), &u)
-            .send()
-    };
-    emulator.stop();
-    let pending: Vec<String> = (0..3).map(|_| asset()).collect();
-    for a in &pending {
-        assert_eq!(edit(&node, a).await.unwrap().status(), 200);
-    }
-    eventually("the events to wait in the outbox", || async {
-        (node.metric("playstate_outbox_depth").await == 3.0).then_some(())
-    })
-    .await;
-    node.crash();
+    let crashed = CrashedWithEventsPending::new(async |_, _, _| {}).await;
+    let pending = &crashed.pending;
     // Not valid UTF-8, in the middle of the second line (inside its asset id).
-    let spool = node.data_dir.join("outbox.spool");
+    let spool = crashed.node.data_dir.join("outbox.spool");
     let mut bytes = std::fs::read(&spool).unwrap();
     let second = bytes.iter().position(|b| *b == b'\n').unwrap() + 1;
     let in_asset = second
@@ -162,19 +182,11 @@ async fn a_damaged_byte_in_the_event_journal_loses_only_its_line() {
             .expect("the second event names its asset");
     bytes[in_asset + 4] = 0xff;
     std::fs::write(&spool, bytes).unwrap();
-
-    let _emulator = PrivateEmulator::start_on(emulator.port).await;
-    aws.recreate().await;
-    let node = node.start_again().await;
-    let events = aws.events(2).await;
-    let mut delivered: Vec<String> = events
-        .iter()
-        .map(|e| e["assetId"].as_str().unwrap_or_default().to_owned())
-        .collect();
-    delivered.sort();
     let mut expected = vec![pending[0].clone(), pending[2].clone()];
     expected.sort();
-    assert_eq!(delivered, expected, "{events:?}");
+
+    let (node, delivered, _emulator) = crashed.restart(2).await;
+    assert_eq!(delivered, expected);
     let skipped = warning_about_line_2(&node).await;
     assert!(
         skipped["file"]
