@@ -153,16 +153,20 @@ async fn events_queued_at_a_crash_are_delivered_after_the_restart() {
     assert_eq!(node.metric("playstate_outbox_depth").await, 0.0);
 }
 
-/// The node's WARN log line about line 2 of a file (it is read from the node's output
-/// as it comes).
-async fn warning_about_line_2(node: &TestNode) -> serde_json::Value {
-    eventually("a WARN naming line 2", || async {
+/// Waits for the node's WARN line about line 2 of a file (the node's output is read as it
+/// comes), and checks that it names the file `name`.
+async fn assert_warned_about_line_2_of(node: &TestNode, name: &str) {
+    let warning = eventually("a WARN naming line 2", || async {
         node.logs()
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .find(|l| l["level"] == "WARN" && l["line"] == 2)
     })
-    .await
+    .await;
+    assert!(
+        warning["file"].as_str().is_some_and(|f| f.ends_with(name)),
+        "{warning}"
+    );
 }
 
 /// One damaged byte in the journal of undelivered events loses that event only: the
@@ -187,13 +191,7 @@ async fn a_damaged_byte_in_the_event_journal_loses_only_its_line() {
 
     let (node, delivered, _emulator) = crashed.restart(2).await;
     assert_eq!(delivered, expected);
-    let skipped = warning_about_line_2(&node).await;
-    assert!(
-        skipped["file"]
-            .as_str()
-            .is_some_and(|f| f.ends_with("outbox.spool")),
-        "{skipped}"
-    );
+    assert_warned_about_line_2_of(&node, "outbox.spool").await;
 }
 
 /// A line of `events.jsonl` torn by a crash mid-write stays one bad line: the next event
@@ -237,13 +235,7 @@ async fn a_torn_line_in_the_event_file_does_not_spoil_the_next_event() {
         (lines(&events) == (2, 1)).then_some(())
     })
     .await;
-    let ended = warning_about_line_2(&node).await;
-    assert!(
-        ended["file"]
-            .as_str()
-            .is_some_and(|f| f.ends_with("events.jsonl")),
-        "{ended}"
-    );
+    assert_warned_about_line_2_of(&node, "events.jsonl").await;
 }
 
 /// How much more than it lost a crashed node may count while updates come in: the
