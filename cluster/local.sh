@@ -18,6 +18,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/emulator.sh
 . scripts/emulator.sh
+# shellcheck source=scripts/node.sh
+. scripts/node.sh
 
 # CLUSTER_DIR keeps another cluster apart (e.g. for scripts/perf-cluster.sh).
 DIR=${CLUSTER_DIR:-.cluster}
@@ -81,25 +83,10 @@ start_node() {
   : >"$node/log"
   PLAYSTATE_CLUSTER__SECRET=$(secret) nohup "$BIN" "${args[@]}" >>"$node/log" 2>&1 &
   echo $! >"$node/pid"
-  local line=""
-  for _ in $(seq 1 300); do
-    line=$(grep -m1 '"message":"listening"' "$node/log" || true)
-    [ -n "$line" ] && break
-    alive "$k" || { tail -5 "$node/log"; die "node $k exited"; }
-    sleep 0.1
-  done
-  [ -n "$line" ] || die "node $k did not start"
-  sed -E 's/.*"addr":"([^"]+)".*/\1/' <<<"$line" >"$node/addr"
-  sed -E 's/.*"cluster_addr":"([^"]+)".*/\1/' <<<"$line" >"$node/cluster_addr"
-  for _ in $(seq 1 600); do
-    if curl -fsS -o /dev/null "http://$(cat "$node/addr")/ready" 2>/dev/null; then
-      echo "node $k ready: players http://$(cat "$node/addr"), cluster $(cat "$node/cluster_addr")"
-      return
-    fi
-    alive "$k" || { tail -5 "$node/log"; die "node $k exited"; }
-    sleep 0.1
-  done
-  die "node $k not ready after 60 s (see $node/log)"
+  node_wait "$node/log" "$(cat "$node/pid")" || die "node $k did not start"
+  echo "$NODE_ADDR" >"$node/addr"
+  echo "$NODE_CLUSTER_ADDR" >"$node/cluster_addr"
+  echo "node $k ready: players http://$NODE_ADDR, cluster $NODE_CLUSTER_ADDR"
 }
 
 stop_node() {

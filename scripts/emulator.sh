@@ -14,11 +14,16 @@ emulator_install() {
   fi
 }
 
+# Prints a free loopback port.
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
 # Starts moto on a free loopback port, logging to $1, and waits until it answers.
 # Sets MOTO_PORT and MOTO_PID.
 emulator_start() {
   local log=$1
-  MOTO_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  MOTO_PORT=$(free_port)
   mkdir -p "$(dirname "$log")"
   "$EMULATOR_VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" >"$log" 2>&1 &
   MOTO_PID=$!

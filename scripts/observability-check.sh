@@ -15,6 +15,8 @@ cd "$(dirname "$0")/.."
 
 # shellcheck source=scripts/emulator.sh
 . scripts/emulator.sh
+# shellcheck source=scripts/node.sh
+. scripts/node.sh
 
 WORK=$(mktemp -d /tmp/playstate-observability.XXXXXX)
 PIDS=()
@@ -33,7 +35,6 @@ started() { PIDS+=("$1"); }
 
 say() { printf -- '--- [%3ds] %s\n' "$SECONDS" "$*"; }
 die() { echo "observability-check: $*" >&2; exit 1; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 # Polls CMD every 0.1 s for up to $1 seconds.
 wait_for() {
   local seconds=$1; shift
@@ -124,19 +125,16 @@ EOF
 
 # Starts node K (joining through $2 when given); sets ADDR_K and CLUSTER_K.
 start_node() {
-  local k=$1 join=${2:-} log="$WORK/node$1.log" line=""
+  local k=$1 join=${2:-} log="$WORK/node$1.log"
   local args=(--config "$WORK/node.toml" --node-id "$k" --listen 127.0.0.1:0
     --cluster-listen 127.0.0.1:0 --data-dir "$WORK/node$k")
   [ -n "$join" ] && args+=(--join "$join")
   "$BIN" "${args[@]}" >"$log" 2>&1 &
   NODE_PIDS+=($!)
-  wait_for 60 grep -q '"message":"listening"' "$log" || { tail -5 "$log"; die "node $k did not start"; }
-  line=$(grep -m1 '"message":"listening"' "$log")
-  printf -v "ADDR_$k" '%s' "$(sed -E 's/.*"addr":"([^"]+)".*/\1/' <<<"$line")"
-  printf -v "CLUSTER_$k" '%s' "$(sed -E 's/.*"cluster_addr":"([^"]+)".*/\1/' <<<"$line")"
-  local addr="ADDR_$k"
-  wait_for 60 curl -fs -o /dev/null "http://${!addr}/ready" || { tail -5 "$log"; die "node $k not ready"; }
-  echo "node $k: players http://${!addr}"
+  node_wait "$log" "$!" || die "node $k did not start"
+  printf -v "ADDR_$k" '%s' "$NODE_ADDR"
+  printf -v "CLUSTER_$k" '%s' "$NODE_CLUSTER_ADDR"
+  echo "node $k: players http://$NODE_ADDR"
 }
 
 say "a 3-node cluster on loopback"

@@ -24,6 +24,8 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 # shellcheck source=scripts/emulator.sh
 . scripts/emulator.sh
+# shellcheck source=scripts/node.sh
+. scripts/node.sh
 
 MODE=${1:-all}
 EXAMPLES=${SCHEMATHESIS_EXAMPLES:-100}
@@ -90,7 +92,7 @@ aws_env() {
 # trailer. Sets PREFIX, the content URL prefix the nodes are given.
 start_upstreams() {
   local port
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  port=$(free_port)
   "$EMULATOR_VENV/bin/python" - "$port" >"$OUT/upstreams.log" 2>&1 <<'PY' &
 import http.server, json, sys
 ROUTES = {
@@ -152,22 +154,9 @@ start_node() {
   "$BIN" --node-id "$k" --listen 127.0.0.1:0 --cluster-listen 127.0.0.1:0 \
     --data-dir "$dir/data" "$@" >"$dir/log" 2>&1 &
   PIDS+=("$!")
-  local pid=$! line=""
-  for _ in $(seq 1 300); do
-    line=$(grep -m1 '"message":"listening"' "$dir/log" || true)
-    [ -n "$line" ] && break
-    kill -0 "$pid" 2>/dev/null || { tail -5 "$dir/log"; die "$name node $k exited"; }
-    sleep 0.1
-  done
-  [ -n "$line" ] || die "$name node $k did not start (see $dir/log)"
-  ADDR=$(sed -E 's/.*"addr":"([^"]+)".*/\1/' <<<"$line")
-  CLUSTER_ADDR=$(sed -E 's/.*"cluster_addr":"([^"]+)".*/\1/' <<<"$line")
-  for _ in $(seq 1 600); do
-    curl -fsS -o /dev/null "http://$ADDR/ready" 2>/dev/null && return 0
-    kill -0 "$pid" 2>/dev/null || { tail -5 "$dir/log"; die "$name node $k exited"; }
-    sleep 0.1
-  done
-  die "$name node $k not ready after 60 s (see $dir/log)"
+  node_wait "$dir/log" "$!" || die "$name node $k did not start"
+  ADDR=$NODE_ADDR
+  CLUSTER_ADDR=$NODE_CLUSTER_ADDR
 }
 
 fuzz() {
