@@ -19,3 +19,4 @@ pub mod store;
 pub mod telemetry;
 pub mod trailers;
 pub mod users;
+pub mod worker;

@@ -2,6 +2,7 @@
 //! handoff transfers and admin requests, all JSON over pooled keep-alive HTTP/1.1 with
 //! the cluster secret as a bearer token.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{
@@ -15,6 +16,7 @@ use openraft::raft::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::peer_health::PeerHealth;
 use super::router::{NodeId, Router};
 use super::types::{NodeAddr, TypeConfig};
 
@@ -154,6 +156,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 pub struct Network {
     pub peers: Peers,
     pub router: Router,
+    pub health: Arc<PeerHealth>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -165,6 +168,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             fallback_addr: node.cluster_addr.clone(),
             peers: self.peers.clone(),
             router: self.router.clone(),
+            health: self.health.clone(),
         }
     }
 }
@@ -177,6 +181,7 @@ pub struct NodeClient {
     fallback_addr: String,
     peers: Peers,
     router: Router,
+    health: Arc<PeerHealth>,
 }
 
 impl NodeClient {
@@ -201,6 +206,10 @@ impl NodeClient {
             .peers
             .post(&addr, path, request, option.hard_ttl())
             .await;
+        match &answer {
+            Err(e @ PeerError::Unreachable { .. }) => self.health.unreachable(self.target, e),
+            _ => self.health.answered(self.target),
+        }
         match answer {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),

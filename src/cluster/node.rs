@@ -190,6 +190,7 @@ impl Cluster {
         let network = Network {
             peers: peers.clone(),
             router,
+            health: Arc::default(),
         };
         let raft = Raft::new(
             settings.node_id.0,
