@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 die() { echo "local-cluster-check: $*" >&2; exit 1; }
-: "${TEST_AWS_ENDPOINT:?the emulator's endpoint (scripts/test.sh sets it)}"
+: "${TEST_AWS_ENDPOINT:?the endpoint of the emulator (scripts/test.sh sets it)}"
 
 CLUSTER_DIR=$(mktemp -d)/cluster
 export CLUSTER_DIR LOCAL_CLUSTER_BIN=${LOCAL_CLUSTER_BIN:-target/debug/playstate}

@@ -9,7 +9,7 @@
 node_wait() {
   local log=$1 pid=$2 from=${3:-0} line=""
   for _ in $(seq 1 300); do
-    line=$(tail -c +$((from + 1)) "$log" | grep -m1 '"message":"listening"' || true)
+    line=$(tail -c +$((from + 1)) "$log" 2>/dev/null | grep -m1 '"message":"listening"' || true)
     [ -n "$line" ] && break
     kill -0 "$pid" 2>/dev/null || { tail -5 "$log" >&2; echo "the node exited (see $log)" >&2; return 1; }
     sleep 0.1
