@@ -780,27 +780,21 @@ async fn drain(cluster: &Cluster, timeout: Duration) {
             return;
         }
     }
-    let router = &cluster.replica().router;
-    let mut changes = router.subscribe();
-    loop {
-        let table = router.table();
-        let left = table.owned_by(me).count();
-        if left == 0 {
-            tracing::info!(
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "drained: this node owns no shards"
-            );
-            return;
-        }
-        let wait = timeout.saturating_sub(started.elapsed());
-        if wait.is_zero() {
-            tracing::error!(
-                shards = left,
-                "drain timed out; stopping with shards still owned"
-            );
-            return;
-        }
-        router.changed_within(&mut changes, wait).await;
+    let deadline = tokio::time::Instant::from_std(started + timeout);
+    let drained = cluster
+        .replica()
+        .router
+        .wait_for(|table| table.owned_by(me).count() == 0, deadline)
+        .await;
+    match drained {
+        Some(_) => tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "drained: this node owns no shards"
+        ),
+        None => tracing::error!(
+            shards = cluster.replica().router.table().owned_by(me).count(),
+            "drain timed out; stopping with shards still owned"
+        ),
     }
 }
 

@@ -599,22 +599,19 @@ impl Cluster {
         })
         .await?;
         tracing::info!(node_id = node.0, "node is leaving the cluster");
-        let started = Instant::now();
-        let mut changes = self.inner.replica.router.subscribe();
-        while !self.state().removed.contains(&node) {
-            let left = wait.saturating_sub(started.elapsed());
-            if left.is_zero() {
-                return Err(ClusterError::Failed(format!(
-                    "node {node} is still leaving after {wait:?}; it will go on"
-                )));
-            }
-            self.inner
-                .replica
-                .router
-                .changed_within(&mut changes, left.min(Duration::from_millis(500)))
-                .await;
+        let deadline = tokio::time::Instant::now() + wait;
+        let removed = self
+            .inner
+            .replica
+            .router
+            .wait_for(|_| self.state().removed.contains(&node), deadline)
+            .await;
+        match removed {
+            Some(_) => Ok(()),
+            None => Err(ClusterError::Failed(format!(
+                "node {node} is still leaving after {wait:?}; it will go on"
+            ))),
         }
-        Ok(())
     }
 
     pub fn status(&self) -> StatusReport {
