@@ -174,14 +174,12 @@ fn jwt_verifier(config: &Config) -> io::Result<Option<JwtVerifier>> {
             auth.jwt_rs256_public_key_file.display()
         ))
     })?;
-    JwtVerifier::rs256_pem(&pem)
-        .map(Some)
-        .map_err(|e| {
-            startup_error(format!(
-                "auth.jwt_rs256_public_key_file: {}",
-                DisplayChain(&e)
-            ))
-        })
+    JwtVerifier::rs256_pem(&pem).map(Some).map_err(|e| {
+        startup_error(format!(
+            "auth.jwt_rs256_public_key_file: {}",
+            DisplayChain(&e)
+        ))
+    })
 }
 
 fn stream_policy(config: &Config) -> StreamPolicy {

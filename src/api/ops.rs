@@ -36,8 +36,9 @@ async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let check = tokio::time::timeout(std::time::Duration::from_secs(2), state.store.check()).await;
     match check {
         Ok(Ok(())) => HttpResponse::Ok().json(serde_json::json!({ "status": "ready" })),
-        Ok(Err(e)) => HttpResponse::ServiceUnavailable()
-            .json(serde_json::json!({ "status": "unavailable", "reason": DisplayChain(&e).to_string() })),
+        Ok(Err(e)) => HttpResponse::ServiceUnavailable().json(
+            serde_json::json!({ "status": "unavailable", "reason": DisplayChain(&e).to_string() }),
+        ),
         Err(_) => HttpResponse::ServiceUnavailable().json(
             serde_json::json!({ "status": "unavailable", "reason": "store check timed out" }),
         ),

@@ -66,11 +66,7 @@ pub async fn resolve_queue(
     }
     let name = name.to_owned();
     if create {
-        let created = client
-            .create_queue()
-            .queue_name(&name)
-            .send()
-            .await;
+        let created = client.create_queue().queue_name(&name).send().await;
         return match created {
             Ok(created) => created
                 .queue_url

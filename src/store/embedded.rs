@@ -152,9 +152,14 @@ impl UserStore for EmbeddedStore {
             let txn = db.begin_write().map_err(StoreError::unavailable)?;
             let added = {
                 let mut table = txn.open_table(WATCHLIST).map_err(StoreError::unavailable)?;
-                let present = table.get(k.as_str()).map_err(StoreError::unavailable)?.is_some();
+                let present = table
+                    .get(k.as_str())
+                    .map_err(StoreError::unavailable)?
+                    .is_some();
                 if !present {
-                    table.insert(k.as_str(), added_at.0).map_err(StoreError::unavailable)?;
+                    table
+                        .insert(k.as_str(), added_at.0)
+                        .map_err(StoreError::unavailable)?;
                 }
                 !present
             };
@@ -174,7 +179,10 @@ impl UserStore for EmbeddedStore {
             let txn = db.begin_write().map_err(StoreError::unavailable)?;
             let removed = {
                 let mut table = txn.open_table(WATCHLIST).map_err(StoreError::unavailable)?;
-                table.remove(k.as_str()).map_err(StoreError::unavailable)?.is_some()
+                table
+                    .remove(k.as_str())
+                    .map_err(StoreError::unavailable)?
+                    .is_some()
             };
             txn.commit().map_err(StoreError::unavailable)?;
             Ok(removed)
@@ -215,10 +223,7 @@ impl TrailerStore for EmbeddedStore {
             let mut entries = Vec::new();
             for row in table.iter().map_err(StoreError::unavailable)? {
                 let (_, json) = row.map_err(StoreError::unavailable)?;
-                entries.push(
-                    serde_json::from_str(json.value())
-                        .map_err(StoreError::corrupt)?,
-                );
+                entries.push(serde_json::from_str(json.value()).map_err(StoreError::corrupt)?);
             }
             Ok(entries)
         })

@@ -87,7 +87,9 @@ impl From<StoreError> for WireStoreError {
             StoreError::Unavailable(cause) => {
                 WireStoreError::Unavailable(DisplayChain(&*cause).to_string())
             }
-            StoreError::Corrupt(cause) => WireStoreError::Corrupt(DisplayChain(&*cause).to_string()),
+            StoreError::Corrupt(cause) => {
+                WireStoreError::Corrupt(DisplayChain(&*cause).to_string())
+            }
         }
     }
 }
@@ -162,7 +164,9 @@ impl MeteredStore {
                 StoreError::Unavailable(_) => {
                     tracing::warn!(backend, %error, "store operation failed")
                 }
-                StoreError::Corrupt(_) => tracing::error!(backend, %error, "store operation failed"),
+                StoreError::Corrupt(_) => {
+                    tracing::error!(backend, %error, "store operation failed")
+                }
             }
         }
         result
@@ -233,7 +237,9 @@ mod tests {
         let refused = io::Error::new(io::ErrorKind::ConnectionRefused, "refused");
         let e = StoreError::unavailable(refused);
         let source = e.source().expect("a source");
-        let io = source.downcast_ref::<io::Error>().expect("the io::Error itself");
+        let io = source
+            .downcast_ref::<io::Error>()
+            .expect("the io::Error itself");
         assert_eq!(io.kind(), io::ErrorKind::ConnectionRefused);
         assert_eq!(DisplayChain(&e).to_string(), "store unavailable: refused");
     }
@@ -256,6 +262,9 @@ mod tests {
         let unavailable: StoreError =
             serde_json::from_str(r#"{"Unavailable":"throttled"}"#).unwrap();
         assert!(matches!(unavailable, StoreError::Unavailable(_)));
-        assert_eq!(DisplayChain(&unavailable).to_string(), "store unavailable: throttled");
+        assert_eq!(
+            DisplayChain(&unavailable).to_string(),
+            "store unavailable: throttled"
+        );
     }
 }

@@ -135,7 +135,8 @@ pub fn open(
     })?;
     if !held.contains(&name) {
         // Also for a file that predates the list, so that its loss is noticed from now on.
-        add_held(&list, held, name).map_err(|source| RedbFileError::Write { path: list, source })?;
+        add_held(&list, held, name)
+            .map_err(|source| RedbFileError::Write { path: list, source })?;
     }
     Ok(db)
 }
