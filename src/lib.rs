@@ -12,6 +12,7 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod domain;
+pub mod error_chain;
 pub mod events;
 pub mod retry;
 pub mod server;

@@ -25,6 +25,7 @@ use crate::cluster::{
 };
 use crate::config::{CatalogKind, Config, EventSinkKind, StoreBackend, threads_or_cores};
 use crate::domain::StreamPolicy;
+use crate::error_chain::DisplayChain;
 use crate::events::file::FileSink;
 use crate::events::sqs::SqsSink;
 use crate::events::sqs::resolve_queue;
@@ -37,8 +38,9 @@ use crate::trailers::{Onboarding, Resolver, TrailerCache, refresher};
 use crate::users::Users;
 use crate::worker::{MustExit, Supervisor, WorkerError, WorkerStatuses};
 
-fn startup_error(what: impl std::fmt::Display) -> io::Error {
-    io::Error::other(what.to_string())
+/// Keeps the cause whole, for `main` to log with its chain.
+fn startup_error(cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::Error {
+    io::Error::other(cause)
 }
 
 /// The configured store adapter, as both of the ports it serves.
@@ -120,7 +122,7 @@ async fn open_trailers(
     {
         Ok(url) => url,
         Err(e) => {
-            tracing::error!(error = %e, "new-content queue unavailable: trailer onboarding is off");
+            tracing::error!(error = %DisplayChain(&e), "new-content queue unavailable: trailer onboarding is off");
             return Ok((None, None));
         }
     };
@@ -189,9 +191,12 @@ fn jwt_verifier(config: &Config) -> io::Result<Option<JwtVerifier>> {
             auth.jwt_rs256_public_key_file.display()
         ))
     })?;
-    JwtVerifier::rs256_pem(&pem)
-        .map(Some)
-        .map_err(|e| startup_error(format!("auth.jwt_rs256_public_key_file: {e}")))
+    JwtVerifier::rs256_pem(&pem).map(Some).map_err(|e| {
+        startup_error(format!(
+            "auth.jwt_rs256_public_key_file: {}",
+            DisplayChain(&e)
+        ))
+    })
 }
 
 fn stream_policy(config: &Config) -> StreamPolicy {

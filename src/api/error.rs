@@ -15,6 +15,7 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
 use crate::domain::{IdError, LimitReached, UserId};
+use crate::error_chain::DisplayChain;
 use crate::users::{LibraryCallError, StreamError};
 
 /// How a contract spells its errors.
@@ -246,7 +247,12 @@ impl From<StreamError> for ApiError {
 
 impl From<LibraryCallError> for ApiError {
     fn from(error: LibraryCallError) -> Self {
-        ApiError::Unavailable(error.to_string())
+        match error {
+            // Its message leaves out its cause (the log prints the chain): say it here.
+            LibraryCallError::Library(e) => ApiError::Unavailable(DisplayChain(&e).to_string()),
+            // Its message already holds its reason.
+            LibraryCallError::Unavailable(_) => ApiError::Unavailable(error.to_string()),
+        }
     }
 }
 
