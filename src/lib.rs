@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod config;
 pub mod domain;
 pub mod events;
+pub mod logging;
 pub mod retry;
 pub mod server;
 pub mod store;

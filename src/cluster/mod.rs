@@ -20,7 +20,7 @@ mod trailer_cache;
 mod types;
 
 pub use controller::{ExportDone, ExportRequest};
-pub use lease::{OwnershipLease, min_failover_after};
+pub use lease::OwnershipLease;
 pub use network::{PeerError, Peers};
 pub use node::{
     Cluster, ClusterError, ClusterSettings, JoinRequest, Joined, MemberReport, StatusReport,
