@@ -11,12 +11,12 @@ use std::time::Instant;
 
 use actix::fut::{ActorFutureExt, WrapFuture, ready};
 use actix::{
-    Actor, ActorContext, ActorResponse, AsyncContext, Context, Handler, Message, ResponseActFuture,
+    Actor, ActorContext, ActorResponse, Addr, AsyncContext, Context, Handler, Message,
+    ResponseActFuture,
 };
 
-use super::command::{CommandReply, UserCommand};
-use super::registry::Registry;
-use super::services::UserServices;
+use super::command::{CommandReply, LibraryError, UserCommand};
+use super::services::{ActorSettings, UserServices};
 use crate::cluster::ShardId;
 use crate::domain::{
     AssetId, BiEvent, EventRecord, HeartbeatOutcome, ProgressBook, Seconds, StreamSlots, Timestamp,
@@ -24,15 +24,25 @@ use crate::domain::{
 };
 use crate::store::{ProgressItem, StoreError};
 
-/// Why a library operation could not be done; nothing changed.
-#[derive(Debug, Clone, thiserror::Error, serde::Serialize, serde::Deserialize)]
-pub enum LibraryError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("too many unflushed progress updates on this node")]
-    TooManyUnflushed,
-    #[error("too many undelivered events on this node")]
-    OutboxFull,
+/// The registry as its actors see it: where their settings and services come from, and
+/// who decides whether one may leave. The registry starts actors and sends them its
+/// messages, so an actor knows it only through this.
+pub(super) trait ActorHome: Send + Sync {
+    fn settings(&self) -> &ActorSettings;
+    fn services(&self) -> &Arc<UserServices>;
+    /// Removes the actor's entry if it is still this actor's and nothing is in flight to
+    /// it. On `true` the actor must stop: no request can reach it any more.
+    fn retire(&self, shard: ShardId, user: &UserId, addr: &Addr<UserActor>) -> bool;
+    /// Replaces a worker-hosted actor by a successor on the pool that holds its slots, if
+    /// the entry is still that actor's and nothing is in flight to it (as in `retire`).
+    /// On `true` the actor must stop; its requests now reach the successor.
+    fn hand_over(
+        &self,
+        shard: ShardId,
+        user: &UserId,
+        addr: &Addr<UserActor>,
+        slots: &StreamSlots,
+    ) -> bool;
 }
 
 struct Library {
@@ -66,7 +76,7 @@ pub struct UserActor {
     lifecycle: Lifecycle,
     last_flush: Instant,
     services: Arc<UserServices>,
-    registry: Registry,
+    registry: Box<dyn ActorHome>,
     last_activity: Instant,
     /// Stopped without storing its progress (see `Discard`).
     discarded: bool,
@@ -90,7 +100,7 @@ impl UserActor {
     pub(super) fn new(
         user: UserId,
         shard: ShardId,
-        registry: Registry,
+        registry: Box<dyn ActorHome>,
         slots: StreamSlots,
     ) -> UserActor {
         UserActor {
