@@ -13,8 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::balance;
 use super::node::{Cluster, ClusterError};
-use super::router::{NodeId, ShardId};
-use super::state::{MemberState, ShardMove};
+use super::ids::{MemberState, NodeId, ShardId, ShardMove};
 use super::types::{Request, Response};
 use crate::telemetry::Metrics;
 

@@ -37,7 +37,7 @@ use openraft::ServerState;
 use serde::{Deserialize, Serialize};
 
 use super::node::Cluster;
-use super::router::NodeId;
+use super::ids::NodeId;
 use crate::domain::lease::{min_failover_after, renew_interval};
 use crate::telemetry::Metrics;
 

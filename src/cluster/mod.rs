@@ -5,10 +5,12 @@
 //! log. Laid out as openraft's examples are: `types` (type configuration and commands),
 //! `log_store` and `state_machine` (storage), `network` (RPC over the cluster listener),
 //! `node` (formation and the management operations), `controller` (what the leader does:
-//! promotions, rebalancing, removals, failovers), `lease` (fenced ownership), plus the pure `state`, `balance` and `router`.
+//! promotions, rebalancing, removals, failovers), `lease` (fenced ownership), `ids` (the
+//! names and states the rest speaks of), plus the pure `state`, `balance` and `router`.
 
 pub mod balance;
 pub mod controller;
+mod ids;
 pub mod lease;
 mod log_store;
 pub mod network;
@@ -25,8 +27,9 @@ pub use network::{PeerError, Peers};
 pub use node::{
     Cluster, ClusterError, ClusterSettings, JoinRequest, Joined, MemberReport, StatusReport,
 };
-pub use router::{Destination, NodeId, Router, ShardId, ShardTable, shard_of};
-pub use state::{ClusterState, MemberState, ShardMove};
+pub use ids::{MemberState, NodeId, ShardId, ShardMove};
+pub use router::{Destination, Router, ShardTable, shard_of};
+pub use state::ClusterState;
 pub use state_machine::Replica;
 pub use trailer_cache::ReplicatedTrailerCache;
 pub use types::{NodeAddr, Request, Response};

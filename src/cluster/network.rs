@@ -15,7 +15,8 @@ use openraft::raft::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::router::{NodeId, Router};
+use super::ids::NodeId;
+use super::router::Router;
 use super::types::{NodeAddr, TypeConfig};
 
 /// Why a call to another node failed.

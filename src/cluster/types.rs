@@ -5,7 +5,7 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
-use super::state::{MemberState, ShardMove};
+use super::ids::{MemberState, ShardMove};
 use crate::domain::TrailerEntry;
 
 /// How a node is reached, as openraft stores it in the membership. The addresses kept in
