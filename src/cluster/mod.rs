@@ -15,6 +15,7 @@ pub mod lease;
 mod log_store;
 pub mod network;
 mod node;
+mod ownership;
 pub mod router;
 pub mod state;
 mod state_machine;
@@ -22,7 +23,7 @@ mod trailer_cache;
 mod types;
 
 pub use controller::{ExportDone, ExportRequest};
-pub use lease::OwnershipLease;
+pub use ownership::OwnershipLease;
 pub use network::{PeerError, Peers};
 pub use node::{
     Cluster, ClusterError, ClusterSettings, JoinRequest, Joined, MemberReport, StatusReport,

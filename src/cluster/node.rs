@@ -14,7 +14,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 
-use super::lease::{Grants, OwnershipLease};
+use super::ownership::{Grants, OwnershipLease};
 use super::log_store::{LogStore, open_database};
 use super::network::{Network, PeerError, Peers};
 use super::ids::{MemberState, NodeId};
@@ -243,6 +243,20 @@ impl Cluster {
 
     pub(super) fn grants(&self) -> &Grants {
         &self.inner.grants
+    }
+
+    /// Members the leader has not renewed for `failover_after`: their leases have run out,
+    /// so their shards may go to others (see `lease`). Empty unless this node leads.
+    pub(super) fn silent_members(&self) -> BTreeSet<NodeId> {
+        let me = self.id();
+        let state = self.state();
+        self.grants()
+            .silent(
+                state.members.keys().copied().filter(|id| *id != me),
+                self.settings().failover_after,
+            )
+            .into_iter()
+            .collect()
     }
 
     pub fn state(&self) -> Arc<ClusterState> {
@@ -651,7 +665,8 @@ impl Cluster {
                 .collect(),
             raft_members: membership.nodes().map(|(id, _)| *id).collect(),
             log_purged_upto: metrics.purged.map_or(0, |id| id.index),
-            unreachable: super::controller::silent_members(self)
+            unreachable: self
+                .silent_members()
                 .into_iter()
                 .map(|id| id.0)
                 .collect(),
