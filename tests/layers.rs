@@ -56,7 +56,11 @@ fn the_check_reads_the_edges_the_crate_is_known_to_have() {
     };
     assert!(has("server", "api"), "server uses api");
     assert!(has("main", "server"), "main.rs uses playstate::server");
-    assert!(graph.edges.len() > 100, "only {} edges read", graph.edges.len());
+    assert!(
+        graph.edges.len() > 100,
+        "only {} edges read",
+        graph.edges.len()
+    );
 }
 
 fn src_dir() -> PathBuf {
@@ -232,7 +236,12 @@ enum Token {
     Punct(char),
 }
 
-fn parse_file(name: &str, module: &Module, text: &str, known: &BTreeSet<Vec<String>>) -> ParsedFile {
+fn parse_file(
+    name: &str,
+    module: &Module,
+    text: &str,
+    known: &BTreeSet<Vec<String>>,
+) -> ParsedFile {
     let tokens = tokenize(&strip_comments_and_literals(text));
     let tokens = drop_cfg_test_items(&tokens);
     let is_main = module.0 == ["main"];
@@ -461,7 +470,9 @@ fn strip_comments_and_literals(text: &str) -> String {
             }
         } else if c == 'r'
             && matches!(next, Some('"') | Some('#'))
-            && !chars.get(i.wrapping_sub(1)).is_some_and(|p| p.is_alphanumeric() || *p == '_')
+            && !chars
+                .get(i.wrapping_sub(1))
+                .is_some_and(|p| p.is_alphanumeric() || *p == '_')
             && raw_string_hashes(&chars, i + 1).is_some()
         {
             let hashes = raw_string_hashes(&chars, i + 1).unwrap_or(0);
@@ -595,8 +606,12 @@ fn layer_violations(edges: &[Edge], layers: &[&[&str]]) -> Vec<String> {
             continue;
         }
         let problem = match (layer_of(from), layer_of(to)) {
-            (None, _) => format!("{from}: a top-level module in no layer; add it to LAYERS in tests/layers.rs"),
-            (_, None) => format!("{to}: a top-level module in no layer; add it to LAYERS in tests/layers.rs"),
+            (None, _) => format!(
+                "{from}: a top-level module in no layer; add it to LAYERS in tests/layers.rs"
+            ),
+            (_, None) => {
+                format!("{to}: a top-level module in no layer; add it to LAYERS in tests/layers.rs")
+            }
             (Some(f), Some(t)) if t == f => format!(
                 "{}: {} → {} joins two modules of one layer ({}), which must not use each other",
                 edge.at,
@@ -623,7 +638,10 @@ fn layer_violations(edges: &[Edge], layers: &[&[&str]]) -> Vec<String> {
 fn cycles(edges: &[Edge]) -> Vec<String> {
     let mut next: BTreeMap<&Module, BTreeMap<&Module, &Edge>> = BTreeMap::new();
     for edge in edges {
-        next.entry(&edge.from).or_default().entry(&edge.to).or_insert(edge);
+        next.entry(&edge.from)
+            .or_default()
+            .entry(&edge.to)
+            .or_insert(edge);
     }
     let mut problems = Vec::new();
     for component in strongly_connected(&next) {
@@ -633,10 +651,20 @@ fn cycles(edges: &[Edge]) -> Vec<String> {
         let cycle = cycle_through(&component, &next);
         let mut text = format!(
             "a cycle between {}:",
-            component.iter().map(|m| m.name()).collect::<Vec<_>>().join(", ")
+            component
+                .iter()
+                .map(|m| m.name())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         for edge in cycle {
-            let _ = write!(text, "\n      {}: {} → {}", edge.at, edge.from.name(), edge.to.name());
+            let _ = write!(
+                text,
+                "\n      {}: {} → {}",
+                edge.at,
+                edge.from.name(),
+                edge.to.name()
+            );
         }
         problems.push(text);
     }
@@ -644,7 +672,9 @@ fn cycles(edges: &[Edge]) -> Vec<String> {
 }
 
 /// Tarjan's strongly connected components.
-fn strongly_connected<'a>(next: &BTreeMap<&'a Module, BTreeMap<&'a Module, &Edge>>) -> Vec<Vec<&'a Module>> {
+fn strongly_connected<'a>(
+    next: &BTreeMap<&'a Module, BTreeMap<&'a Module, &Edge>>,
+) -> Vec<Vec<&'a Module>> {
     struct State<'a> {
         index: BTreeMap<&'a Module, usize>,
         low: BTreeMap<&'a Module, usize>,
@@ -765,7 +795,10 @@ mod checks_of_the_check {
     fn use_trees_super_self_and_code_paths_are_edges_and_comments_strings_and_tests_are_not() {
         let edges = edges_in(&[
             ("a", "mod b;\nmod c;\npub use c::Thing;"),
-            ("a::b", "use super::c::{self, Other};\nfn f() { crate::d::go(); }"),
+            (
+                "a::b",
+                "use super::c::{self, Other};\nfn f() { crate::d::go(); }",
+            ),
             ("a::c", "pub struct Thing;\npub struct Other;"),
             (
                 "d",
@@ -776,7 +809,12 @@ mod checks_of_the_check {
         ]);
         assert_eq!(
             edges,
-            vec![pair("a::b", "a::c"), pair("a::b", "a::c"), pair("a::b", "d"), pair("d", "a::c")],
+            vec![
+                pair("a::b", "a::c"),
+                pair("a::b", "a::c"),
+                pair("a::b", "d"),
+                pair("d", "a::c")
+            ],
             "the re-export of Thing leads to a::c, where it is defined"
         );
     }
@@ -790,7 +828,11 @@ mod checks_of_the_check {
         }];
         let problems = layer_violations(&edges, &[&["low"], &["high"]]);
         assert_eq!(problems.len(), 1);
-        assert!(problems[0].starts_with("src/low.rs:3: low → high::part points up"), "{}", problems[0]);
+        assert!(
+            problems[0].starts_with("src/low.rs:3: low → high::part points up"),
+            "{}",
+            problems[0]
+        );
     }
 
     #[test]

@@ -12,8 +12,8 @@ use openraft::ChangeMembers;
 use serde::{Deserialize, Serialize};
 
 use super::balance;
-use super::node::{Cluster, ClusterError};
 use super::ids::{MemberState, NodeId, ShardId, ShardMove};
+use super::node::{Cluster, ClusterError};
 use super::types::{Request, Response};
 use crate::telemetry::Metrics;
 

@@ -23,12 +23,12 @@ mod trailer_cache;
 mod types;
 
 pub use controller::{ExportDone, ExportRequest};
-pub use ownership::OwnershipLease;
+pub use ids::{MemberState, NodeId, ShardId, ShardMove};
 pub use network::{PeerError, Peers};
 pub use node::{
     Cluster, ClusterError, ClusterSettings, JoinRequest, Joined, MemberReport, StatusReport,
 };
-pub use ids::{MemberState, NodeId, ShardId, ShardMove};
+pub use ownership::OwnershipLease;
 pub use router::{Destination, Router, ShardTable, shard_of};
 pub use state::ClusterState;
 pub use state_machine::Replica;

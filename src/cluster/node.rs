@@ -14,10 +14,10 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 
-use super::ownership::{Grants, OwnershipLease};
+use super::ids::{MemberState, NodeId};
 use super::log_store::{LogStore, open_database};
 use super::network::{Network, PeerError, Peers};
-use super::ids::{MemberState, NodeId};
+use super::ownership::{Grants, OwnershipLease};
 use super::router::Router;
 use super::state::ClusterState;
 use super::state_machine::{Replica, StateMachine};
@@ -665,11 +665,7 @@ impl Cluster {
                 .collect(),
             raft_members: membership.nodes().map(|(id, _)| *id).collect(),
             log_purged_upto: metrics.purged.map_or(0, |id| id.index),
-            unreachable: self
-                .silent_members()
-                .into_iter()
-                .map(|id| id.0)
-                .collect(),
+            unreachable: self.silent_members().into_iter().map(|id| id.0).collect(),
             lease_valid: self.inner.lease.is_valid(),
             handoffs: state
                 .moves

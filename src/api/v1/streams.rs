@@ -4,10 +4,10 @@ use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 
+use super::slot_view::SlotView;
 use crate::api::auth::Caller;
 use crate::api::body::{self, Field};
 use crate::api::error::{Failure, contract};
-use super::slot_view::SlotView;
 use crate::api::{AppState, params, route};
 use crate::domain::{Origin, SessionId, Slot, StreamId};
 use crate::users::StreamClaim;
