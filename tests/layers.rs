@@ -289,15 +289,14 @@ fn parse_file(
                 let end = (i..tokens.len())
                     .find(|&j| tokens[j].1 == Token::Punct(';'))
                     .unwrap_or(tokens.len());
-                let at_item_level = inline.last().map_or(0, |(_, d)| *d) == depth;
+                // Only the file's own items are reachable as `path::to::file::Name`.
+                let at_file_level = inline.is_empty() && depth == 0;
                 for (path, binding) in use_tree(&tokens[i + 1..end]) {
                     let Some(absolute) = absolute(&path, &current, is_main, known, true) else {
                         continue;
                     };
-                    if at_item_level && inline.is_empty() {
-                        if let Some(binding) = binding {
-                            parsed.bindings.insert(binding, absolute.clone());
-                        }
+                    if let Some(binding) = binding.filter(|_| at_file_level) {
+                        parsed.bindings.insert(binding, absolute.clone());
                     }
                     parsed.paths.push((*line, absolute));
                 }

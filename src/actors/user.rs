@@ -22,7 +22,7 @@ use crate::domain::{
     AssetId, BiEvent, EventRecord, HeartbeatOutcome, ProgressBook, Seconds, StreamSlots, Timestamp,
     UserBackup, UserId, Watchlist,
 };
-use crate::store::{ProgressItem, StoreError};
+use crate::store::ProgressItem;
 
 /// The registry as its actors see it: where their settings and services come from, and
 /// who decides whether one may leave. The registry starts actors and sends them its

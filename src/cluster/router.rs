@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use serde::{Deserialize, Serialize};
 
 use super::ids::{NodeId, ShardId};
 use super::state::{ClusterState, ShardOwner, backup_among};

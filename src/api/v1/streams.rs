@@ -9,7 +9,7 @@ use crate::api::auth::Caller;
 use crate::api::body::{self, Field};
 use crate::api::error::{Failure, contract};
 use crate::api::{AppState, params, route};
-use crate::domain::{Origin, SessionId, Slot, StreamId};
+use crate::domain::{Origin, SessionId, StreamId};
 use crate::users::StreamClaim;
 
 type Result<T> = std::result::Result<T, Failure<contract::Problem>>;
