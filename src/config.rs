@@ -425,7 +425,7 @@ impl Config {
         if self.progress.max_dirty_entries == 0 {
             return invalid("progress.max_dirty_entries", "must be at least 1");
         }
-        if self.events.outbox_capacity < crate::events::BATCH {
+        if self.events.outbox_capacity < crate::domain::events::BATCH {
             return invalid("events.outbox_capacity", "must be at least 500");
         }
         if self.events.sink == EventSinkKind::Sqs
@@ -536,7 +536,7 @@ impl Config {
         if cluster.ownership_lease < Duration::from_millis(100) {
             return invalid("cluster.ownership_lease", "must be at least 100ms");
         }
-        let min_failover = crate::cluster::min_failover_after(cluster.ownership_lease);
+        let min_failover = crate::domain::lease::min_failover_after(cluster.ownership_lease);
         if cluster.failover_after < min_failover {
             return invalid(
                 "cluster.failover_after",

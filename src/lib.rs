@@ -1,6 +1,12 @@
 //! playstate: the stateful back end that video players talk to while someone watches.
 //!
-//! Dependencies point one way: `api` → `users` → (`cluster`, `actors`) → `domain`.
+//! Dependencies point one way, down these layers; a module uses only modules of lower
+//! layers, never one of its own (tests/layers.rs checks it, and the README explains):
+//!
+//! `domain`, `error_chain` ← `clock`, `retry`, `config`, `telemetry` ← `aws`, `catalog`,
+//! `store`, `events`, `worker` ← `trailers` ← `cluster` ← `actors` ← `users` ← `api`,
+//! `admin` ← `logging` ← `server` ← `main`
+//!
 //! `domain` holds the rules and no I/O; everything else is plumbing around it.
 
 pub mod actors;
@@ -14,6 +20,7 @@ pub mod config;
 pub mod domain;
 pub mod error_chain;
 pub mod events;
+pub mod logging;
 pub mod retry;
 pub mod server;
 pub mod store;

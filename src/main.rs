@@ -145,7 +145,7 @@ fn admin_command(command: ClusterCommand) -> playstate::admin::AdminCommand {
 }
 
 fn serve(config: Config) -> ExitCode {
-    let _log_guard = match playstate::telemetry::init_tracing(&config.log) {
+    let _log_guard = match playstate::logging::init_tracing(&config.log) {
         Ok(guard) => guard,
         Err(e) => {
             eprintln!("invalid configuration: {e}");

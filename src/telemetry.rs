@@ -1,57 +1,11 @@
-//! Logs and metrics. Logs are JSON lines on stdout, written by a background thread so a
-//! request never waits on the terminal or a log shipper. Metrics are Prometheus; handles
-//! used on hot paths are resolved once here, so recording one is a single atomic add.
+//! Metrics, in Prometheus; handles used on hot paths are resolved once here, so recording
+//! one is a single atomic add. Logs are set up by `crate::logging`, a layer higher: they
+//! need the config and the API's client-fault filter, and everything below uses metrics.
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use tracing_appender::non_blocking::WorkerGuard;
-use tracing_subscriber::EnvFilter;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
-
-use crate::cluster::peer_health::RaftRpcNoise;
-use crate::config::{LogConfig, LogFormat};
-
-/// Installs the global subscriber. Keep the guard alive until exit: dropping it flushes.
-pub fn init_tracing(config: &LogConfig) -> Result<WorkerGuard, String> {
-    let filter = EnvFilter::try_new(&config.level)
-        .map_err(|e| format!("invalid value for `log.level`: {e}"))?;
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        // Block rather than drop lines when the writer falls behind: a lost access-log line
-        // is worse than a slower request under a log storm.
-        .lossy(false)
-        // The writer thread flushes whenever it has drained its queue, so a buffer turns a
-        // write(2) per line into one per burst without holding a quiet line back.
-        .finish(std::io::BufWriter::with_capacity(
-            64 * 1024,
-            std::io::stdout(),
-        ));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer)
-        .with_target(false);
-    // Connections actix gives up on are a client's fault: rate-limited warnings, not errors.
-    let client_faults = crate::api::client_faults::ClientFaultLog::new();
-    let installed = match config.format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .finish()
-            .with(client_faults)
-            .with(RaftRpcNoise)
-            .try_init(),
-        LogFormat::Pretty => builder
-            .finish()
-            .with(client_faults)
-            .with(RaftRpcNoise)
-            .try_init(),
-    };
-    installed.map_err(|e| format!("cannot install the logger: {e}"))?;
-    Ok(guard)
-}
 
 /// Latency buckets in seconds, dense below 10 ms where the hot path lives.
 const LATENCY_BUCKETS: &[f64] = &[

@@ -4,10 +4,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::user::LibraryError;
 use crate::domain::{
     Accepted, AssetId, LimitReached, Origin, Seconds, SessionId, Slot, SlotRequest, Timestamp,
 };
+use crate::store::StoreError;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum UserCommand {
@@ -52,6 +52,17 @@ impl UserCommand {
             UserCommand::EditWatchlist { .. } => "edit_watchlist",
         }
     }
+}
+
+/// Why a library operation could not be done; nothing changed.
+#[derive(Debug, Clone, thiserror::Error, serde::Serialize, serde::Deserialize)]
+pub enum LibraryError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("too many unflushed progress updates on this node")]
+    TooManyUnflushed,
+    #[error("too many undelivered events on this node")]
+    OutboxFull,
 }
 
 /// The answer to a `UserCommand`, one variant per kind of answer.

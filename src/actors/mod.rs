@@ -10,9 +10,9 @@ mod unflushed;
 mod user;
 
 pub use backup::BackupFeed;
-pub use command::{CommandReply, UnexpectedReply, UserCommand};
+pub use command::{CommandReply, LibraryError, UnexpectedReply, UserCommand};
 pub use flusher::Flusher;
-pub use registry::{ActorSettings, ActorUnavailable, CallError, Registry, Tracked, UserHandoff};
-pub use services::{DirtyBudget, UserServices};
+pub use registry::{ActorUnavailable, CallError, Registry, Tracked, UserHandoff};
+pub use services::{ActorSettings, DirtyBudget, UserServices};
 pub use unflushed::UnflushedMarker;
-pub use user::{LibraryError, UserActor};
+pub use user::UserActor;

@@ -30,22 +30,10 @@ use std::time::{Duration, Instant};
 use actix::{Actor, Addr, Arbiter, ArbiterHandle, Handler, MailboxError, Message};
 
 use super::command::{CommandReply, UserCommand};
-use super::services::UserServices;
-use super::user::{Discard, Evacuate, Export, Shutdown, Snapshot, UserActor};
+use super::services::{ActorSettings, UserServices};
+use super::user::{ActorHome, Discard, Evacuate, Export, Shutdown, Snapshot, UserActor};
 use crate::cluster::ShardId;
 use crate::domain::{StreamSlots, UserBackup, UserId};
-
-#[derive(Clone, Debug)]
-pub struct ActorSettings {
-    pub threads: usize,
-    pub idle_timeout: Duration,
-    pub tick: Duration,
-    pub call_timeout: Duration,
-    /// Start actors on the HTTP worker thread that first needs them.
-    pub host_on_http_workers: bool,
-    /// Cluster shards users are hashed into.
-    pub shards: u32,
-}
 
 /// Mailbox slots per actor; one user rarely has more than a few requests queued, but a
 /// burst (a reconnecting household) should queue rather than spin on a full mailbox.
@@ -312,7 +300,7 @@ impl Registry {
         let owner = user.clone();
         let addr = UserActor::start_in_arbiter(&thread, move |ctx| {
             ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
-            UserActor::new(owner, shard, registry, slots)
+            UserActor::new(owner, shard, Box::new(registry), slots)
         });
         Entry {
             addr,
@@ -418,26 +406,6 @@ impl Registry {
         }
     }
 
-    /// Replaces a worker-hosted actor by a successor on the pool that holds its slots, if
-    /// the entry is still that actor's and nothing is in flight to it (as in `retire`).
-    /// On `true` the actor must stop; its requests now reach the successor.
-    pub(super) fn hand_over(
-        &self,
-        shard: ShardId,
-        user: &UserId,
-        addr: &Addr<UserActor>,
-        slots: &StreamSlots,
-    ) -> bool {
-        let mut write = self.shard(shard).write().expect("not poisoned");
-        match write.actors.get_mut(user.as_str()) {
-            Some(entry) if entry.addr == *addr && entry.in_flight.load(Ordering::Acquire) == 0 => {
-                *entry = self.start_actor(shard, user, slots.clone(), false);
-                true
-            }
-            _ => false,
-        }
-    }
-
     /// Moves every actor off the HTTP worker threads (flushed, slots handed to a pool
     /// actor), waiting up to `deadline`. Call before stopping HTTP: stopping it drops
     /// whatever still runs on its threads.
@@ -499,19 +467,6 @@ impl Registry {
             .collect()
     }
 
-    /// Removes the actor's entry if it is still this actor's and nothing is in flight to
-    /// it. On `true` the actor must stop: no request can reach it any more.
-    pub(super) fn retire(&self, shard: ShardId, user: &UserId, addr: &Addr<UserActor>) -> bool {
-        let mut write = self.shard(shard).write().expect("not poisoned");
-        let retire = write.actors.get(user.as_str()).is_some_and(|entry| {
-            entry.addr == *addr && entry.in_flight.load(Ordering::Acquire) == 0
-        });
-        if retire {
-            write.actors.remove(user.as_str());
-        }
-        retire
-    }
-
     /// Flushes and stops every actor, waiting up to `deadline`, then stops the actor
     /// threads. Requests after this start nothing.
     pub async fn shutdown(&self, deadline: Duration) {
@@ -559,6 +514,44 @@ impl Registry {
 }
 
 /// Which actor thread a user lives on: stable, so one user's actor restarts where it was.
+impl ActorHome for Registry {
+    fn settings(&self) -> &ActorSettings {
+        Registry::settings(self)
+    }
+
+    fn services(&self) -> &Arc<UserServices> {
+        Registry::services(self)
+    }
+
+    fn retire(&self, shard: ShardId, user: &UserId, addr: &Addr<UserActor>) -> bool {
+        let mut write = self.shard(shard).write().expect("not poisoned");
+        let retire = write.actors.get(user.as_str()).is_some_and(|entry| {
+            entry.addr == *addr && entry.in_flight.load(Ordering::Acquire) == 0
+        });
+        if retire {
+            write.actors.remove(user.as_str());
+        }
+        retire
+    }
+
+    fn hand_over(
+        &self,
+        shard: ShardId,
+        user: &UserId,
+        addr: &Addr<UserActor>,
+        slots: &StreamSlots,
+    ) -> bool {
+        let mut write = self.shard(shard).write().expect("not poisoned");
+        match write.actors.get_mut(user.as_str()) {
+            Some(entry) if entry.addr == *addr && entry.in_flight.load(Ordering::Acquire) == 0 => {
+                *entry = self.start_actor(shard, user, slots.clone(), false);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
 fn thread_of(user: &UserId, threads: usize) -> usize {
     (xxhash_rust::xxh3::xxh3_64(user.as_str().as_bytes()) % threads as u64) as usize
 }

@@ -13,6 +13,18 @@ use crate::events::Outbox;
 use crate::store::UserStore;
 use crate::telemetry::Metrics;
 
+#[derive(Clone, Debug)]
+pub struct ActorSettings {
+    pub threads: usize,
+    pub idle_timeout: Duration,
+    pub tick: Duration,
+    pub call_timeout: Duration,
+    /// Start actors on the HTTP worker thread that first needs them.
+    pub host_on_http_workers: bool,
+    /// Cluster shards users are hashed into.
+    pub shards: u32,
+}
+
 pub struct UserServices {
     pub store: Arc<dyn UserStore>,
     pub flusher: Flusher,

@@ -11,29 +11,39 @@ use std::time::Instant;
 
 use actix::fut::{ActorFutureExt, WrapFuture, ready};
 use actix::{
-    Actor, ActorContext, ActorResponse, AsyncContext, Context, Handler, Message, ResponseActFuture,
+    Actor, ActorContext, ActorResponse, Addr, AsyncContext, Context, Handler, Message,
+    ResponseActFuture,
 };
 
-use super::command::{CommandReply, UserCommand};
-use super::registry::Registry;
-use super::services::UserServices;
+use super::command::{CommandReply, LibraryError, UserCommand};
+use super::services::{ActorSettings, UserServices};
 use crate::cluster::ShardId;
 use crate::domain::{
     AssetId, BiEvent, EventRecord, HeartbeatOutcome, ProgressBook, Seconds, StreamSlots, Timestamp,
     UserBackup, UserId, Watchlist,
 };
 use crate::error_chain::DisplayChain;
-use crate::store::{ProgressItem, StoreError};
+use crate::store::ProgressItem;
 
-/// Why a library operation could not be done; nothing changed.
-#[derive(Debug, Clone, thiserror::Error, serde::Serialize, serde::Deserialize)]
-pub enum LibraryError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("too many unflushed progress updates on this node")]
-    TooManyUnflushed,
-    #[error("too many undelivered events on this node")]
-    OutboxFull,
+/// The registry as its actors see it: where their settings and services come from, and
+/// who decides whether one may leave. The registry starts actors and sends them its
+/// messages, so an actor knows it only through this.
+pub(super) trait ActorHome: Send + Sync {
+    fn settings(&self) -> &ActorSettings;
+    fn services(&self) -> &Arc<UserServices>;
+    /// Removes the actor's entry if it is still this actor's and nothing is in flight to
+    /// it. On `true` the actor must stop: no request can reach it any more.
+    fn retire(&self, shard: ShardId, user: &UserId, addr: &Addr<UserActor>) -> bool;
+    /// Replaces a worker-hosted actor by a successor on the pool that holds its slots, if
+    /// the entry is still that actor's and nothing is in flight to it (as in `retire`).
+    /// On `true` the actor must stop; its requests now reach the successor.
+    fn hand_over(
+        &self,
+        shard: ShardId,
+        user: &UserId,
+        addr: &Addr<UserActor>,
+        slots: &StreamSlots,
+    ) -> bool;
 }
 
 struct Library {
@@ -67,7 +77,7 @@ pub struct UserActor {
     lifecycle: Lifecycle,
     last_flush: Instant,
     services: Arc<UserServices>,
-    registry: Registry,
+    registry: Box<dyn ActorHome>,
     last_activity: Instant,
     /// Stopped without storing its progress (see `Discard`).
     discarded: bool,
@@ -91,7 +101,7 @@ impl UserActor {
     pub(super) fn new(
         user: UserId,
         shard: ShardId,
-        registry: Registry,
+        registry: Box<dyn ActorHome>,
         slots: StreamSlots,
     ) -> UserActor {
         UserActor {
@@ -692,6 +702,7 @@ impl Handler<Snapshot> for UserActor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::StoreError;
 
     #[test]
     fn a_library_error_crosses_nodes_in_the_json_of_the_previous_release() {

@@ -343,7 +343,7 @@ struct Problem<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     limit: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    active_streams: Option<Vec<super::v1::streams::SlotView>>,
+    active_streams: Option<Vec<super::v1::slot_view::SlotView>>,
 }
 
 #[derive(Serialize)]

@@ -2,8 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use super::router::{NodeId, ShardId};
-use super::state::ShardMove;
+use super::ids::{NodeId, ShardId, ShardMove};
 
 /// The moves that take `owners` (the owner of each shard) to a balanced assignment over
 /// `nodes`: every node ends with ⌊S/n⌋ or ⌈S/n⌉ shards, and no shard moves that need not.

@@ -12,9 +12,8 @@ use openraft::ChangeMembers;
 use serde::{Deserialize, Serialize};
 
 use super::balance;
+use super::ids::{MemberState, NodeId, ShardId, ShardMove};
 use super::node::{Cluster, ClusterError};
-use super::router::{NodeId, ShardId};
-use super::state::{MemberState, ShardMove};
 use super::types::{Request, Response};
 use crate::telemetry::Metrics;
 
@@ -71,7 +70,7 @@ async fn reconcile(cluster: &Cluster, metrics: &Metrics) -> Result<(), ClusterEr
     if step_down_if_leaving(cluster).await? {
         return Ok(());
     }
-    let silent = silent_members(cluster);
+    let silent = cluster.silent_members();
     if state.shards.iter().any(|o| silent.contains(&o.node)) {
         return failover(cluster, metrics, &silent).await;
     }
@@ -110,21 +109,6 @@ async fn reconcile(cluster: &Cluster, metrics: &Metrics) -> Result<(), ClusterEr
     // Only the moves the state took: it drops those aimed at a node no longer active.
     let begun: Vec<ShardMove> = cluster.state().moves.values().copied().collect();
     drive(cluster, metrics, begun).await
-}
-
-/// Members the leader has not renewed for `failover_after`: their leases have run out,
-/// so their shards may go to others (see `lease`). Empty unless this node leads.
-pub(super) fn silent_members(cluster: &Cluster) -> BTreeSet<NodeId> {
-    let me = cluster.id();
-    let state = cluster.state();
-    cluster
-        .grants()
-        .silent(
-            state.members.keys().copied().filter(|id| *id != me),
-            cluster.settings().failover_after,
-        )
-        .into_iter()
-        .collect()
 }
 
 /// Moves every shard of the silent members to its backup (or, when the backup is silent

@@ -5,14 +5,17 @@
 //! log. Laid out as openraft's examples are: `types` (type configuration and commands),
 //! `log_store` and `state_machine` (storage), `network` (RPC over the cluster listener),
 //! `node` (formation and the management operations), `controller` (what the leader does:
-//! promotions, rebalancing, removals, failovers), `lease` (fenced ownership), plus the pure `state`, `balance` and `router`.
+//! promotions, rebalancing, removals, failovers), `lease` (fenced ownership), `ids` (the
+//! names and states the rest speaks of), plus the pure `state`, `balance` and `router`.
 
 pub mod balance;
 pub mod controller;
+mod ids;
 pub mod lease;
 mod log_store;
 pub mod network;
 mod node;
+mod ownership;
 pub mod peer_health;
 pub mod router;
 pub mod state;
@@ -21,13 +24,14 @@ mod trailer_cache;
 mod types;
 
 pub use controller::{ExportDone, ExportRequest};
-pub use lease::{OwnershipLease, min_failover_after};
+pub use ids::{MemberState, NodeId, ShardId, ShardMove};
 pub use network::{PeerError, Peers};
 pub use node::{
     Cluster, ClusterError, ClusterSettings, JoinRequest, Joined, MemberReport, StatusReport,
 };
-pub use router::{Destination, NodeId, Router, ShardId, ShardTable, shard_of};
-pub use state::{ClusterState, MemberState, ShardMove};
+pub use ownership::OwnershipLease;
+pub use router::{Destination, Router, ShardTable, shard_of};
+pub use state::ClusterState;
 pub use state_machine::Replica;
 pub use trailer_cache::ReplicatedTrailerCache;
 pub use types::{NodeAddr, Request, Response};

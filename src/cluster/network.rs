@@ -16,8 +16,9 @@ use openraft::raft::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::ids::NodeId;
 use super::peer_health::PeerHealth;
-use super::router::{NodeId, Router};
+use super::router::Router;
 use super::types::{NodeAddr, TypeConfig};
 
 /// Why a call to another node failed.

@@ -14,14 +14,14 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 
-use super::lease::{Grants, OwnershipLease};
+use super::ids::{MemberState, NodeId};
 use super::log_store::{LogStore, open_database};
 use super::network::{Network, PeerError, Peers};
-use super::router::{NodeId, Router};
-use super::state::{ClusterState, MemberState};
+use super::ownership::{Grants, OwnershipLease};
+use super::router::Router;
+use super::state::ClusterState;
 use super::state_machine::{Replica, StateMachine};
-use super::types::{NodeAddr, Raft, Request, Response, StorageError};
-use crate::store::redb_file::RedbFileError;
+use super::types::{NodeAddr, OpenError, Raft, Request, Response};
 use crate::telemetry::Metrics;
 
 #[derive(Clone, Debug)]
@@ -68,22 +68,6 @@ impl From<PeerError> for ClusterError {
             other => ClusterError::Failed(other.to_string()),
         }
     }
-}
-
-/// Why Raft could not be opened on this node's data dir and started.
-#[derive(Debug, thiserror::Error)]
-pub enum OpenError {
-    /// `raft.redb` is damaged, vanished or unreadable; the message says what to do.
-    #[error(transparent)]
-    File(#[from] RedbFileError),
-    #[error("cannot create the state machine's table in raft.redb")]
-    Table(#[from] redb::Error),
-    #[error("cannot load the state machine's snapshot")]
-    Snapshot(#[source] Box<StorageError>),
-    #[error("Raft settings")]
-    Settings(#[from] openraft::ConfigError),
-    #[error("cannot start Raft")]
-    Start(#[source] Box<openraft::error::Fatal<u64>>),
 }
 
 /// Why this node cannot serve player traffic yet (see `Cluster::readiness`).
@@ -274,6 +258,20 @@ impl Cluster {
 
     pub(super) fn grants(&self) -> &Grants {
         &self.inner.grants
+    }
+
+    /// Members the leader has not renewed for `failover_after`: their leases have run out,
+    /// so their shards may go to others (see `lease`). Empty unless this node leads.
+    pub(super) fn silent_members(&self) -> BTreeSet<NodeId> {
+        let me = self.id();
+        let state = self.state();
+        self.grants()
+            .silent(
+                state.members.keys().copied().filter(|id| *id != me),
+                self.settings().failover_after,
+            )
+            .into_iter()
+            .collect()
     }
 
     pub fn state(&self) -> Arc<ClusterState> {
@@ -679,10 +677,7 @@ impl Cluster {
                 .collect(),
             raft_members: membership.nodes().map(|(id, _)| *id).collect(),
             log_purged_upto: metrics.purged.map_or(0, |id| id.index),
-            unreachable: super::controller::silent_members(self)
-                .into_iter()
-                .map(|id| id.0)
-                .collect(),
+            unreachable: self.silent_members().into_iter().map(|id| id.0).collect(),
             lease_valid: self.inner.lease.is_valid(),
             handoffs: state
                 .moves

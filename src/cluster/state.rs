@@ -5,29 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::router::{NodeId, ShardId};
+use super::ids::{MemberState, NodeId, ShardId, ShardMove};
 use super::types::{NodeAddr, Request, Response};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MemberState {
-    /// Owns its share of the shards.
-    Active,
-    /// Hands its shards to the others and stays a member (a planned stop).
-    Draining,
-    /// Hands its shards to the others, then is removed.
-    Leaving,
-}
-
-impl MemberState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MemberState::Active => "active",
-            MemberState::Draining => "draining",
-            MemberState::Leaving => "leaving",
-        }
-    }
-}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
@@ -45,13 +24,6 @@ pub struct ShardOwner {
     /// node's backup copy, not in an import.
     #[serde(default)]
     pub by_failover: bool,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ShardMove {
-    pub shard: ShardId,
-    pub from: NodeId,
-    pub to: NodeId,
 }
 
 /// Everything Raft keeps but the trailers (kept beside it, since they are read per

@@ -14,9 +14,9 @@ use openraft::{AnyError, EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use redb::{Database, ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use super::node::OpenError;
 use super::router::{Router, ShardTable};
 use super::state::ClusterState;
+use super::types::OpenError;
 use super::types::{
     Entry, LogId, Request, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };

@@ -5,7 +5,7 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
-use super::state::{MemberState, ShardMove};
+use super::ids::{MemberState, ShardMove};
 use crate::domain::TrailerEntry;
 
 /// How a node is reached, as openraft stores it in the membership. The addresses kept in
@@ -71,3 +71,19 @@ pub type Entry = openraft::Entry<TypeConfig>;
 pub type StorageError = openraft::StorageError<u64>;
 pub type StoredMembership = openraft::StoredMembership<u64, NodeAddr>;
 pub type SnapshotMeta = openraft::SnapshotMeta<u64, NodeAddr>;
+
+/// Why Raft could not be opened on this node's data dir and started.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// `raft.redb` is damaged, vanished or unreadable; the message says what to do.
+    #[error(transparent)]
+    File(#[from] crate::store::redb_file::RedbFileError),
+    #[error("cannot create the state machine's table in raft.redb")]
+    Table(#[from] redb::Error),
+    #[error("cannot load the state machine's snapshot")]
+    Snapshot(#[source] Box<StorageError>),
+    #[error("Raft settings")]
+    Settings(#[from] openraft::ConfigError),
+    #[error("cannot start Raft")]
+    Start(#[source] Box<openraft::error::Fatal<u64>>),
+}

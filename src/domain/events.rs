@@ -8,6 +8,12 @@ use super::ids::UserId;
 use super::progress::{Rise, Seconds};
 use super::time::Timestamp;
 
+/// Records handed to the sink in one delivery round. Large, because a round costs the
+/// file sink one fsync and the SQS sink one round trip (its requests run concurrently):
+/// with small rounds a burst of viewers starting titles outruns delivery and fills the
+/// outbox.
+pub const BATCH: usize = 500;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum BiEvent {

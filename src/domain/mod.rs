@@ -5,6 +5,7 @@ pub mod asset;
 pub mod backup;
 pub mod events;
 pub mod ids;
+pub mod lease;
 pub mod policy;
 pub mod progress;
 pub mod slots;

@@ -26,14 +26,9 @@ use async_trait::async_trait;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::domain::EventRecord;
+use crate::domain::events::BATCH;
 use crate::retry::backoff;
 use crate::telemetry::Metrics;
-
-/// Records handed to the sink in one delivery round. Large, because a round costs the
-/// file sink one fsync and the SQS sink one round trip (its requests run concurrently):
-/// with small rounds a burst of viewers starting titles outruns delivery and fills the
-/// outbox.
-pub const BATCH: usize = 500;
 
 /// Some (or all) of a batch was not delivered.
 #[derive(Debug)]

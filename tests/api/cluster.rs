@@ -581,7 +581,11 @@ impl PlayerLoad {
                             .header("authorization", format!("Bearer {token}"))
                             .send()
                             .await;
-                        let what = if progress.is_some() { "progress" } else { "stream" };
+                        let what = if progress.is_some() {
+                            "progress"
+                        } else {
+                            "stream"
+                        };
                         match answer {
                             Ok(r) if r.status() == 200 => {
                                 if let Some(seconds) = progress {
@@ -592,9 +596,15 @@ impl PlayerLoad {
                             Ok(r) => {
                                 let status = r.status();
                                 let body = r.text().await.unwrap_or_default();
-                                failed.lock().unwrap().push(format!("{what} via {entry}: {status} {body}"));
+                                failed
+                                    .lock()
+                                    .unwrap()
+                                    .push(format!("{what} via {entry}: {status} {body}"));
                             }
-                            Err(e) => failed.lock().unwrap().push(format!("{what} via {entry}: {e:?}")),
+                            Err(e) => failed
+                                .lock()
+                                .unwrap()
+                                .push(format!("{what} via {entry}: {e:?}")),
                         };
                         i += 8;
                     }
@@ -669,7 +679,10 @@ async fn a_join_under_load_fails_no_request() {
     load.runs_for(400).await;
     let (viewers, asset) = (load.viewers.clone(), load.asset.clone());
     let (failed, acked) = load.stop().await;
-    assert!(failed.is_empty(), "requests failed during the join: {failed:#?}");
+    assert!(
+        failed.is_empty(),
+        "requests failed during the join: {failed:#?}"
+    );
     assert_eq!(shard_counts(&s), [341, 341, 342]);
     assert!(third.metric("playstate_cluster_shards_owned").await >= 341.0);
     assert_nothing_lost(&third, &viewers, &asset, &acked).await;

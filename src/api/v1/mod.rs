@@ -1,6 +1,7 @@
 //! playstate's own API.
 
 pub mod progress;
+pub mod slot_view;
 pub mod streams;
 pub mod watchlist;
 

@@ -4,11 +4,12 @@ use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 
+use super::slot_view::SlotView;
 use crate::api::auth::Caller;
 use crate::api::body::{self, Field};
 use crate::api::error::{Failure, contract};
 use crate::api::{AppState, params, route};
-use crate::domain::{Origin, SessionId, Slot, StreamId};
+use crate::domain::{Origin, SessionId, StreamId};
 use crate::users::StreamClaim;
 
 type Result<T> = std::result::Result<T, Failure<contract::Problem>>;
@@ -20,27 +21,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route(web::put().to(heartbeat))
                 .route(web::delete().to(end)),
         );
-}
-
-/// A slot as `/v1` shows it.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SlotView {
-    session_id: String,
-    stream_id: String,
-    origin: &'static str,
-    lease_expires_at: String,
-}
-
-impl From<&Slot> for SlotView {
-    fn from(slot: &Slot) -> Self {
-        SlotView {
-            session_id: slot.session.to_string(),
-            stream_id: slot.stream.to_string(),
-            origin: slot.origin.as_str(),
-            lease_expires_at: slot.expires_at.to_rfc3339(),
-        }
-    }
 }
 
 #[derive(Deserialize, Default)]
