@@ -560,7 +560,13 @@ impl PlayerLoad {
                 let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
                 let acked = acked.clone();
                 let (viewers, entries, asset) = (viewers.clone(), entries.clone(), asset.clone());
-                let client = reqwest::Client::new();
+                // Idle connections dropped before the node's 5 s keep-alive closes them: the
+                // test blocks its runtime while a node stops (`TestNode::stop`), and a
+                // connection reused as the node closes it fails (`IncompleteMessage`).
+                let client = reqwest::Client::builder()
+                    .pool_idle_timeout(Duration::from_secs(2))
+                    .build()
+                    .expect("a client");
                 tokio::spawn(async move {
                     let mut i = worker;
                     while !stop.load(Ordering::Relaxed) {

@@ -17,7 +17,7 @@ use super::proxy::Proxy;
 
 /// Short leases so that a failover takes seconds; progress is never flushed on its own
 /// during a test, so what survives a crash came through the backup.
-const FAILOVER: &str = r#"
+pub(super) const FAILOVER: &str = r#"
 [cluster]
 heartbeat_interval = "100ms"
 election_timeout = "800ms"
@@ -35,7 +35,7 @@ tick = "100ms"
 /// loaded 2-core machine.
 const FAILOVER_WAIT: Duration = Duration::from_secs(40);
 
-async fn three_nodes(aws: &AwsFixture) -> Vec<TestNode> {
+pub(super) async fn three_nodes(aws: &AwsFixture) -> Vec<TestNode> {
     let first = node_with(aws, FAILOVER, 1, None, &[]).await;
     ready(&first).await;
     let join = first.cluster_addr.clone();

@@ -15,6 +15,7 @@ mod openapi;
 mod ops;
 mod outage;
 mod proxy;
+mod renewed_slots;
 mod security;
 mod stopping;
 mod streams;
