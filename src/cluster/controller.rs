@@ -12,6 +12,7 @@ use openraft::ChangeMembers;
 use serde::{Deserialize, Serialize};
 
 use super::balance;
+use super::endpoint::HandoffExport;
 use super::node::{Cluster, ClusterError};
 use super::router::{NodeId, ShardId};
 use super::state::{MemberState, ShardMove};
@@ -214,7 +215,7 @@ async fn drive(
         let exported = match cluster.cluster_addr_of(from) {
             Some(addr) => cluster
                 .peers()
-                .post::<_, ExportDone>(&addr, "/cluster/handoff/export", &request, timeout)
+                .call::<HandoffExport>(&addr, &request, timeout)
                 .await
                 .map_err(ClusterError::from),
             None => Err(ClusterError::Failed(format!("node {from} has no address"))),
@@ -256,8 +257,8 @@ async fn remove(cluster: &Cluster, node: NodeId) -> Result<(), ClusterError> {
     let (response, index) = cluster
         .write_indexed(Request::Remove { id: node.0 })
         .await?;
-    if let Response::Refused(why) = response {
-        return Err(ClusterError::Refused(why));
+    if let Response::Refused(refusal) = response {
+        return Err(refusal.into());
     }
     if node != cluster.id() {
         wait_replicated(cluster, node, index, Duration::from_secs(5)).await;

@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 use openraft::ServerState;
 use serde::{Deserialize, Serialize};
 
+use super::endpoint::LeaseRenewal;
 use super::node::Cluster;
 use super::router::NodeId;
 use crate::telemetry::Metrics;
@@ -277,7 +278,7 @@ pub async fn keep_lease(cluster: Cluster, metrics: Arc<Metrics>) {
             match cluster.cluster_addr_of(leader) {
                 Some(addr) => cluster
                     .peers()
-                    .post::<_, LeaseAnswer>(&addr, "/cluster/lease", &request, renew_every)
+                    .call::<LeaseRenewal>(&addr, &request, renew_every)
                     .await
                     .is_ok_and(|answer| answer.granted),
                 None => false,

@@ -3,12 +3,14 @@
 //! Raft keeps metadata only (members, the shard table, moves in progress, trailers);
 //! user state stays in the user actors of the owning node and never goes through the
 //! log. Laid out as openraft's examples are: `types` (type configuration and commands),
-//! `log_store` and `state_machine` (storage), `network` (RPC over the cluster listener),
+//! `log_store` and `state_machine` (storage), `endpoint` (the cluster listener's routes)
+//! and `network` (calling them),
 //! `node` (formation and the management operations), `controller` (what the leader does:
 //! promotions, rebalancing, removals, failovers), `lease` (fenced ownership), plus the pure `state`, `balance` and `router`.
 
 pub mod balance;
 pub mod controller;
+pub mod endpoint;
 pub mod lease;
 mod log_store;
 pub mod network;
@@ -29,7 +31,7 @@ pub use router::{Destination, NodeId, Router, ShardId, ShardTable, shard_of};
 pub use state::{ClusterState, MemberState, ShardMove};
 pub use state_machine::Replica;
 pub use trailer_cache::ReplicatedTrailerCache;
-pub use types::{NodeAddr, Request, Response};
+pub use types::{NodeAddr, Refusal, Request, Response};
 
 /// Raft RPC payloads, for the cluster listener's handlers.
 pub mod rpc {

@@ -14,13 +14,14 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 
+use super::endpoint::{AdminJoin, AdminStatus, AdminWrite};
 use super::lease::{Grants, OwnershipLease};
 use super::log_store::{LogStore, open_database};
 use super::network::{Network, PeerError, Peers};
 use super::router::{NodeId, Router};
 use super::state::{ClusterState, MemberState};
 use super::state_machine::{Replica, StateMachine};
-use super::types::{NodeAddr, Raft, Request, Response};
+use super::types::{NodeAddr, Raft, Refusal, Request, Response};
 use crate::telemetry::Metrics;
 
 #[derive(Clone, Debug)]
@@ -55,6 +56,15 @@ pub enum ClusterError {
     Refused(String),
     #[error("{0}")]
     Failed(String),
+}
+
+impl From<Refusal> for ClusterError {
+    fn from(refusal: Refusal) -> ClusterError {
+        match refusal {
+            Refusal::Removed { node } => ClusterError::Removed(node),
+            other => ClusterError::Refused(other.to_string()),
+        }
+    }
 }
 
 impl From<PeerError> for ClusterError {
@@ -312,12 +322,7 @@ impl Cluster {
                 match self
                     .inner
                     .peers
-                    .post::<_, Joined>(
-                        addr,
-                        "/cluster/admin/join",
-                        &request,
-                        Duration::from_secs(60),
-                    )
+                    .call::<AdminJoin>(addr, &request, Duration::from_secs(60))
                     .await
                 {
                     Ok(joined) => {
@@ -387,7 +392,7 @@ impl Cluster {
                 let report = self
                     .inner
                     .peers
-                    .get::<StatusReport>(&addr, "/cluster/admin/status", Duration::from_secs(2))
+                    .call::<AdminStatus>(&addr, &(), Duration::from_secs(2))
                     .await;
                 if let Ok(report) = report
                     && report.leader.is_some_and(|l| l != me)
@@ -406,10 +411,7 @@ impl Cluster {
         let (response, index) = self.write_indexed(request).await?;
         match response {
             Response::Applied => Ok(index),
-            Response::Refused(why) if why.contains("was removed") => {
-                Err(ClusterError::Removed(self.inner.id.0))
-            }
-            Response::Refused(why) => Err(ClusterError::Refused(why)),
+            Response::Refused(refusal) => Err(refusal.into()),
         }
     }
 
@@ -435,12 +437,7 @@ impl Cluster {
                         let sent = self
                             .inner
                             .peers
-                            .post::<_, (Response, u64)>(
-                                &addr,
-                                "/cluster/admin/write",
-                                &request,
-                                Duration::from_secs(10),
-                            )
+                            .call::<AdminWrite>(&addr, &request, Duration::from_secs(10))
                             .await;
                         match sent {
                             Ok(answer) => return Ok(answer),
