@@ -4,6 +4,9 @@
 
 use std::time::Duration;
 
+use super::endpoint::{Endpoint, Method, RaftAppend, RaftSnapshot, RaftVote};
+use super::router::{NodeId, Router};
+use super::types::{NodeAddr, TypeConfig};
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -12,9 +15,6 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use super::endpoint::{Endpoint, Method, RaftAppend, RaftSnapshot, RaftVote};
-use super::router::{NodeId, Router};
-use super::types::{NodeAddr, TypeConfig};
 
 /// Why a call to another node failed.
 #[derive(Debug, Clone, thiserror::Error)]

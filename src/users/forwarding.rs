@@ -277,12 +277,22 @@ mod tests {
 
     #[test]
     fn an_owner_of_an_earlier_release_is_understood() {
-        let no_lease = serde_json::json!({ "Unavailable": crate::users::UnavailableReason::NoLease.to_string() });
-        let received: ForwardedReply = serde_json::from_value(no_lease).unwrap();
-        assert!(
-            matches!(received, ForwardedReply::Unavailable(OwnerUnavailable::NoLease)),
-            "{received:?}"
-        );
+        // As today's release words them.
+        let no_lease = "this node's ownership lease has run out (it cannot reach the cluster's \
+             leader); the user's shard is served again once it can, or by another node after \
+             failover";
+        let timeout = "the user's actor did not answer in time";
+        for (message, kind) in [
+            (no_lease, OwnerUnavailable::NoLease),
+            (timeout, OwnerUnavailable::Actor(ActorUnavailable::Timeout)),
+        ] {
+            let sent = serde_json::json!({ "Unavailable": message });
+            let received: ForwardedReply = serde_json::from_value(sent).unwrap();
+            assert!(
+                matches!(&received, ForwardedReply::Unavailable(r) if *r == kind),
+                "{received:?}"
+            );
+        }
         let unknown = serde_json::json!({ "Unavailable": "user u is not in shard 3" });
         let received: ForwardedReply = serde_json::from_value(unknown).unwrap();
         assert!(

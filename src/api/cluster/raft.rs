@@ -21,9 +21,6 @@ async fn vote(state: web::Data<AppState>, rpc: VoteRequest) -> Answer<RaftVote> 
     Ok(state.cluster.raft().vote(rpc).await)
 }
 
-async fn snapshot(
-    state: web::Data<AppState>,
-    rpc: InstallSnapshotRequest,
-) -> Answer<RaftSnapshot> {
+async fn snapshot(state: web::Data<AppState>, rpc: InstallSnapshotRequest) -> Answer<RaftSnapshot> {
     Ok(state.cluster.raft().install_snapshot(rpc).await)
 }
