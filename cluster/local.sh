@@ -5,7 +5,8 @@
 #   cluster/local.sh up N      start nodes 1..N (node 1 starts the cluster, the others join)
 #   cluster/local.sh add       start one more node that joins
 #   cluster/local.sh stop K    SIGTERM node K (it drains: its shards go to the others)
-#   cluster/local.sh start K   start node K again on its data dir (it rejoins)
+#   cluster/local.sh start K   start node K again on its data dir and ports (it rejoins;
+#                              its log is appended to)
 #   cluster/local.sh leave K   drain node K and remove it from the cluster (it exits)
 #   cluster/local.sh status    `playstate cluster status` through the first live node
 #   cluster/local.sh down      SIGTERM every node and wait for them
@@ -77,13 +78,21 @@ start_node() {
   local k=$1 join=${2:-} node="$DIR/node$1"
   alive "$k" && die "node $k is already running"
   mkdir -p "$node"
-  local args=(--node-id "$k" --listen 127.0.0.1:0 --cluster-listen 127.0.0.1:0 --data-dir "$node/data")
+  # A node started before comes back on its ports, so that the clients and load pointed
+  # at it find it again.
+  local listen=127.0.0.1:0 cluster_listen=127.0.0.1:0
+  if [ -s "$node/addr" ] && [ -s "$node/cluster_addr" ]; then
+    listen=$(cat "$node/addr") cluster_listen=$(cat "$node/cluster_addr")
+  fi
+  local args=(--node-id "$k" --listen "$listen" --cluster-listen "$cluster_listen" --data-dir "$node/data")
   [ -n "$join" ] && args+=(--join "$join")
   store_env
-  : >"$node/log"
+  # Appended to, so that the record of earlier runs (a drain, a crash) stays.
+  local from=0
+  [ -f "$node/log" ] && from=$(stat -c %s "$node/log")
   PLAYSTATE_CLUSTER__SECRET=$(secret) nohup "$BIN" "${args[@]}" >>"$node/log" 2>&1 &
   echo $! >"$node/pid"
-  node_wait "$node/log" "$(cat "$node/pid")" || die "node $k did not start"
+  node_wait "$node/log" "$(cat "$node/pid")" "$from" || die "node $k did not start"
   echo "$NODE_ADDR" >"$node/addr"
   echo "$NODE_CLUSTER_ADDR" >"$node/cluster_addr"
   echo "node $k ready: players http://$NODE_ADDR, cluster $NODE_CLUSTER_ADDR"
@@ -128,5 +137,5 @@ case "$cmd" in
     for k in $(nodes | sort -rn); do stop_node "$k"; done
     stop_emulator
     ;;
-  *) sed -n '2,17p' "$0"; exit 2 ;;
+  *) sed -n '2,18p' "$0"; exit 2 ;;
 esac

@@ -1,14 +1,15 @@
 # Sourced by cluster/local.sh, scripts/schemathesis.sh and scripts/observability-check.sh:
 # a playstate node started on free loopback ports, waited for until it serves.
 
-# node_wait LOG PID: waits until the node writing LOG (process PID) listens, then until
-# its /ready answers 200; sets NODE_ADDR and NODE_CLUSTER_ADDR (the addresses it chose,
-# from its "listening" line). Fails, with the log's tail, if the node exits, does not
-# listen within 30 s or is not ready within 60 s.
+# node_wait LOG PID [FROM]: waits until the node writing LOG (process PID) listens, then
+# until its /ready answers 200; sets NODE_ADDR and NODE_CLUSTER_ADDR (the addresses it
+# chose, from its "listening" line). FROM is the byte of LOG this run's lines start at (a
+# log appended to over several runs holds older "listening" lines). Fails, with the log's
+# tail, if the node exits, does not listen within 30 s or is not ready within 60 s.
 node_wait() {
-  local log=$1 pid=$2 line=""
+  local log=$1 pid=$2 from=${3:-0} line=""
   for _ in $(seq 1 300); do
-    line=$(grep -m1 '"message":"listening"' "$log" || true)
+    line=$(tail -c +$((from + 1)) "$log" 2>/dev/null | grep -m1 '"message":"listening"' || true)
     [ -n "$line" ] && break
     kill -0 "$pid" 2>/dev/null || { tail -5 "$log" >&2; echo "the node exited (see $log)" >&2; return 1; }
     sleep 0.1

@@ -58,6 +58,9 @@ step "contract tests through a node that owns none of the users (every command f
 # Each TestNode becomes an owner plus a drained entry node; see tests/api/helpers.rs.
 TEST_THROUGH_PEER=1 run_tests --test api "$@" -- streams:: library::
 
+step "cluster/local.sh: a node stopped and started again comes back on its ports, its log kept"
+scripts/local-cluster-check.sh
+
 step "schemathesis: every operation of docs/openapi.json, on one node and through a node that owns none of the users"
 scripts/schemathesis.sh all
 

@@ -20,6 +20,11 @@ pub enum AssetCheck {
 #[error("asset catalog unavailable: {0}")]
 pub struct CatalogUnavailable(pub String);
 
+/// The catalog's HTTP client could not be built (its TLS set-up failed).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the catalog client")]
+pub struct CatalogClientError(#[from] reqwest::Error);
+
 pub enum Catalog {
     /// Every UUID is an asset of unknown duration.
     Open,
@@ -40,11 +45,12 @@ struct AssetBody {
 }
 
 impl Catalog {
-    pub fn http(base: &str, timeout: Duration, ttl: Duration) -> Result<Catalog, String> {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
-            .map_err(|e| format!("cannot build the catalog client: {e}"))?;
+    pub fn http(
+        base: &str,
+        timeout: Duration,
+        ttl: Duration,
+    ) -> Result<Catalog, CatalogClientError> {
+        let client = reqwest::Client::builder().timeout(timeout).build()?;
         Ok(Catalog::Http(HttpCatalog {
             client,
             base: base.trim_end_matches('/').to_owned(),

@@ -155,7 +155,7 @@ fn serve(config: Config) -> ExitCode {
     match actix_rt::System::new().block_on(playstate::server::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %e, "node failed");
+            tracing::error!(error = %playstate::error_chain::DisplayChain(&e), "node failed");
             ExitCode::FAILURE
         }
     }

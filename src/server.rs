@@ -25,6 +25,7 @@ use crate::cluster::{
 };
 use crate::config::{CatalogKind, Config, EventSinkKind, StoreBackend, threads_or_cores};
 use crate::domain::StreamPolicy;
+use crate::error_chain::DisplayChain;
 use crate::events::file::FileSink;
 use crate::events::sqs::SqsSink;
 use crate::events::sqs::resolve_queue;
@@ -35,9 +36,11 @@ use crate::store::{MeteredStore, TrailerStore, UserStore};
 use crate::telemetry::Metrics;
 use crate::trailers::{Onboarding, Resolver, TrailerCache, refresher};
 use crate::users::Users;
+use crate::worker::{MustExit, Supervisor, WorkerError, WorkerStatuses};
 
-fn startup_error(what: impl std::fmt::Display) -> io::Error {
-    io::Error::other(what.to_string())
+/// Keeps the cause whole, for `main` to log with its chain.
+fn startup_error(cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::Error {
+    io::Error::other(cause)
 }
 
 /// The configured store adapter, as both of the ports it serves.
@@ -63,16 +66,34 @@ async fn open_store(
     })
 }
 
-/// Starts onboarding (consumer and refresher) when a TMDB token is configured, and
-/// returns the new-content queue for the publish utility when it is enabled.
-async fn start_trailers(
+/// The trailer onboarding workers, started with the node's other workers.
+struct TrailerWorkers {
+    onboarding: Arc<Onboarding>,
+    sqs: aws_sdk_sqs::Client,
+    queue_url: String,
+    dead_letters: Option<String>,
+    poll_wait: Duration,
+    refresh_after: Duration,
+    refresh_per_second: u32,
+}
+
+/// The trailer publisher's queue (when the publish utility is enabled) and, when a TMDB
+/// token is configured, the onboarding workers (consumer and refresher) to start.
+type Trailers = (
+    Option<(aws_sdk_sqs::Client, String)>,
+    Option<TrailerWorkers>,
+);
+
+/// Sets up onboarding when a TMDB token is configured, and the new-content queue for the
+/// publish utility when it is enabled.
+async fn open_trailers(
     config: &Config,
     sdk: Option<&aws_config::SdkConfig>,
     store: Arc<dyn TrailerStore>,
     cache: Arc<dyn TrailerCache>,
     clock: Clock,
     metrics: Arc<Metrics>,
-) -> io::Result<Option<(aws_sdk_sqs::Client, String)>> {
+) -> io::Result<Trailers> {
     let trailers = &config.trailers;
     let onboarding_on = !trailers.tmdb_token.is_empty();
     if !onboarding_on {
@@ -81,13 +102,13 @@ async fn start_trailers(
         );
     }
     if !onboarding_on && !config.dev.endpoints {
-        return Ok(None);
+        return Ok((None, None));
     }
     let Some(sdk) = sdk else {
         tracing::error!(
             "no AWS configuration for the new-content queue: trailer onboarding is off"
         );
-        return Ok(None);
+        return Ok((None, None));
     };
     let sqs = aws_sdk_sqs::Client::new(sdk);
     let queue = &trailers.queue;
@@ -101,10 +122,11 @@ async fn start_trailers(
     {
         Ok(url) => url,
         Err(e) => {
-            tracing::error!(error = %e, "new-content queue unavailable: trailer onboarding is off");
-            return Ok(None);
+            tracing::error!(error = %DisplayChain(&e), "new-content queue unavailable: trailer onboarding is off");
+            return Ok((None, None));
         }
     };
+    let mut workers = None;
     if onboarding_on {
         let resolver = Resolver::new(
             &trailers.tmdb_base_url,
@@ -122,21 +144,18 @@ async fn start_trailers(
             clock,
             metrics,
         });
-        let dead_letters = Some(queue.dead_letter_queue_url.clone()).filter(|u| !u.is_empty());
-        tokio::spawn(onboarding.clone().consume(
-            sqs.clone(),
-            queue_url.clone(),
-            dead_letters,
-            trailers.poll_wait,
-        ));
-        tokio::spawn(refresher::refresh_forever(
+        workers = Some(TrailerWorkers {
             onboarding,
-            trailers.refresh_after,
-            trailers.refresh_per_second,
-        ));
+            sqs: sqs.clone(),
+            queue_url: queue_url.clone(),
+            dead_letters: Some(queue.dead_letter_queue_url.clone()).filter(|u| !u.is_empty()),
+            poll_wait: trailers.poll_wait,
+            refresh_after: trailers.refresh_after,
+            refresh_per_second: trailers.refresh_per_second,
+        });
         tracing::info!(queue = %queue_url, "trailer onboarding is on");
     }
-    Ok(Some((sqs, queue_url)))
+    Ok((Some((sqs, queue_url)), workers))
 }
 
 async fn open_sink(
@@ -172,9 +191,12 @@ fn jwt_verifier(config: &Config) -> io::Result<Option<JwtVerifier>> {
             auth.jwt_rs256_public_key_file.display()
         ))
     })?;
-    JwtVerifier::rs256_pem(&pem)
-        .map(Some)
-        .map_err(|e| startup_error(format!("auth.jwt_rs256_public_key_file: {e}")))
+    JwtVerifier::rs256_pem(&pem).map(Some).map_err(|e| {
+        startup_error(format!(
+            "auth.jwt_rs256_public_key_file: {}",
+            DisplayChain(&e)
+        ))
+    })
 }
 
 fn stream_policy(config: &Config) -> StreamPolicy {
@@ -204,13 +226,32 @@ pub enum StopReason {
 #[derive(Clone)]
 pub struct NodeHandle {
     stop: tokio::sync::watch::Sender<Option<StopReason>>,
+    /// Set by a second request to stop: no drain, no waiting on the cluster, only a flush.
+    hurry: tokio::sync::watch::Sender<bool>,
     pub player_addr: SocketAddr,
     pub cluster_addr: SocketAddr,
 }
 
 impl NodeHandle {
     pub fn stop(&self) {
-        self.stop.send_replace(Some(StopReason::Asked("stop")));
+        self.stop_because("stop");
+    }
+
+    fn stop_because(&self, signal: &'static str) {
+        self.stop.send_if_modified(|reason| {
+            let first = reason.is_none();
+            if first {
+                *reason = Some(StopReason::Asked(signal));
+            }
+            first
+        });
+    }
+
+    /// Stops at once: what is being drained stays (its backups fail it over), dirty
+    /// progress is still flushed and undelivered events spooled.
+    pub fn stop_now(&self) {
+        self.stop_because("stop");
+        self.hurry.send_replace(true);
     }
 }
 
@@ -219,6 +260,7 @@ pub struct Node {
     config: Config,
     handle: NodeHandle,
     stopping: tokio::sync::watch::Receiver<Option<StopReason>>,
+    hurry: tokio::sync::watch::Receiver<bool>,
     player: actix_web::dev::Server,
     cluster_server: actix_web::dev::Server,
     cluster: Cluster,
@@ -226,7 +268,10 @@ pub struct Node {
     outbox: Outbox,
     services: Arc<UserServices>,
     marker: Arc<UnflushedMarker>,
-    workers: Vec<tokio::task::JoinHandle<()>>,
+    metrics: Arc<Metrics>,
+    users: Users,
+    trailer_workers: Option<TrailerWorkers>,
+    workers: WorkerStatuses,
 }
 
 fn bind(addr: SocketAddr, what: &str) -> io::Result<TcpListener> {
@@ -239,8 +284,15 @@ pub async fn run(config: Config) -> io::Result<()> {
     let node = Node::build(config).await?;
     let handle = node.handle();
     actix_rt::spawn(async move {
-        let signal = shutdown_signal().await;
-        handle.stop.send_replace(Some(StopReason::Asked(signal)));
+        let mut signals = StopSignals::watch();
+        let signal = signals.next().await;
+        handle.stop_because(signal);
+        let again = signals.next().await;
+        tracing::warn!(
+            signal = again,
+            "asked again: stopping now (no drain; dirty progress is still flushed)"
+        );
+        handle.stop_now();
     });
     node.run_until_stopped().await
 }
@@ -297,7 +349,7 @@ impl Node {
         .map_err(startup_error)?;
         let trailer_cache: Arc<dyn TrailerCache> =
             Arc::new(ReplicatedTrailerCache::new(cluster.clone()));
-        let publisher = start_trailers(
+        let (publisher, trailer_workers) = open_trailers(
             &config,
             sdk.as_ref(),
             trailer_store,
@@ -455,38 +507,18 @@ impl Node {
             "listening"
         );
         let (stop, stopping) = tokio::sync::watch::channel(None);
+        let (hurry, hurried) = tokio::sync::watch::channel(false);
         let handle = NodeHandle {
             stop,
+            hurry,
             player_addr,
             cluster_addr,
         };
-        let mut workers = vec![
-            actix_rt::spawn(cluster.clone().watch_metrics(metrics.clone())),
-            actix_rt::spawn(crate::cluster::lease::keep_lease(
-                cluster.clone(),
-                metrics.clone(),
-            )),
-            actix_rt::spawn(users.clone().send_backups(config.cluster.backup_interval)),
-            actix_rt::spawn(crate::cluster::controller::run(
-                cluster.clone(),
-                metrics.clone(),
-            )),
-            actix_rt::spawn(follow_shard_table(
-                users,
-                cluster.clone(),
-                metrics,
-                handle.stop.clone(),
-            )),
-        ];
-        workers.push(actix_rt::spawn(form_cluster(
-            cluster.clone(),
-            config.cluster.join.clone(),
-            handle.stop.clone(),
-        )));
         Ok(Node {
             config,
             handle,
             stopping,
+            hurry: hurried,
             player,
             cluster_server,
             cluster,
@@ -494,7 +526,10 @@ impl Node {
             outbox,
             services,
             marker,
-            workers,
+            metrics,
+            users,
+            trailer_workers,
+            workers: WorkerStatuses::default(),
         })
     }
 
@@ -505,6 +540,7 @@ impl Node {
     /// Serves until asked to stop, then stops gracefully: a member of a multi-node
     /// cluster first hands all its shards to the others.
     pub async fn run_until_stopped(mut self) -> io::Result<()> {
+        let workers = self.start_workers();
         let player = self.player.handle();
         let cluster_http = self.cluster_server.handle();
         let player_task = actix_rt::spawn(self.player);
@@ -522,7 +558,13 @@ impl Node {
         match reason {
             StopReason::Asked(signal) => {
                 tracing::info!(signal, "stopping");
-                drain(&self.cluster, self.config.cluster.drain_timeout).await;
+                let mut hurry = self.hurry.clone();
+                tokio::select! {
+                    () = drain(&self.cluster, self.config.cluster.drain_timeout) => {}
+                    _ = hurry.wait_for(|hurry| *hurry) => {
+                        tracing::warn!("drain given up: stopping with this node's shards still owned; their backups fail them over");
+                    }
+                }
             }
             StopReason::Removed if self.cluster.has_formed() => {
                 tracing::info!("this node was removed from the cluster: stopping");
@@ -543,8 +585,9 @@ impl Node {
         }
         tracing::info!("moving user actors off the HTTP workers");
         self.registry.move_actors_off_workers(deadline).await;
+        let hurried = *self.hurry.borrow();
         tracing::info!("no new connections, finishing in-flight requests");
-        player.stop(true).await;
+        player.stop(!hurried).await;
         let _ = player_task.await;
         tracing::info!(
             actors = self.registry.len(),
@@ -552,12 +595,16 @@ impl Node {
         );
         self.registry.shutdown(deadline).await;
         tracing::info!(events = self.outbox.depth(), "delivering queued events");
-        self.outbox.shutdown(deadline).await;
-        for worker in &self.workers {
-            worker.abort();
-        }
+        // In a hurry, what the sink does not take at once is spooled for the next start.
+        let delivery = if *self.hurry.borrow() {
+            Duration::from_millis(500).min(deadline)
+        } else {
+            deadline
+        };
+        self.outbox.shutdown(delivery).await;
+        workers.stop(deadline).await;
         self.cluster.shutdown().await;
-        cluster_http.stop(true).await;
+        cluster_http.stop(!*self.hurry.borrow()).await;
         let _ = cluster_task.await;
         // Whatever is still dirty was counted as lost by `registry.shutdown`.
         let lost_in_this_run = self.services.metrics.progress_lost.get() - self.marker.inherited();
@@ -573,6 +620,104 @@ impl Node {
             }
         }
     }
+}
+
+impl Node {
+    /// Starts every background worker of the node under one supervisor.
+    fn start_workers(&mut self) -> Supervisor {
+        let mut workers = Supervisor::new(self.metrics.clone(), self.workers.clone());
+        let (cluster, metrics) = (self.cluster.clone(), self.metrics.clone());
+        workers.spawn("raft-metrics", move |exit| {
+            until_exit(cluster.clone().watch_metrics(metrics.clone()), exit)
+        });
+        let (cluster, metrics) = (self.cluster.clone(), self.metrics.clone());
+        workers.spawn("lease-keeper", move |exit| {
+            until_exit(
+                crate::cluster::lease::keep_lease(cluster.clone(), metrics.clone()),
+                exit,
+            )
+        });
+        let (users, interval) = (self.users.clone(), self.config.cluster.backup_interval);
+        workers.spawn("backup-sender", move |exit| {
+            until_exit(users.clone().send_backups(interval), exit)
+        });
+        let (cluster, metrics) = (self.cluster.clone(), self.metrics.clone());
+        workers.spawn("controller", move |exit| {
+            until_exit(
+                crate::cluster::controller::run(cluster.clone(), metrics.clone()),
+                exit,
+            )
+        });
+        let (users, cluster, metrics, stop) = (
+            self.users.clone(),
+            self.cluster.clone(),
+            self.metrics.clone(),
+            self.handle.stop.clone(),
+        );
+        workers.spawn("shard-table-follower", move |exit| {
+            until_exit(
+                follow_shard_table(
+                    users.clone(),
+                    cluster.clone(),
+                    metrics.clone(),
+                    stop.clone(),
+                ),
+                exit,
+            )
+        });
+        let (cluster, join, stop) = (
+            self.cluster.clone(),
+            self.config.cluster.join.clone(),
+            self.handle.stop.clone(),
+        );
+        workers.spawn("cluster-formation", move |exit| {
+            until_exit(
+                form_cluster(cluster.clone(), join.clone(), stop.clone()),
+                exit,
+            )
+        });
+        if let Some(trailers) = self.trailer_workers.take() {
+            let trailers = Arc::new(trailers);
+            let consumer = trailers.clone();
+            workers.spawn("trailer-consumer", move |exit| {
+                let t = consumer.clone();
+                until_exit(
+                    t.onboarding.clone().consume(
+                        t.sqs.clone(),
+                        t.queue_url.clone(),
+                        t.dead_letters.clone(),
+                        t.poll_wait,
+                    ),
+                    exit,
+                )
+            });
+            workers.spawn("trailer-refresher", move |exit| {
+                until_exit(
+                    refresher::refresh_forever(
+                        trailers.onboarding.clone(),
+                        trailers.refresh_after,
+                        trailers.refresh_per_second,
+                    ),
+                    exit,
+                )
+            });
+        }
+        workers
+    }
+}
+
+/// Runs a loop of the node's until it ends or the node asks its workers to exit. The
+/// loops wait on timers, channels and RPCs, where stopping loses nothing, so the exit
+/// drops the loop at the await it is at.
+async fn until_exit(
+    work: impl std::future::Future<Output = ()>,
+    mut exit: MustExit,
+) -> Result<(), WorkerError> {
+    tokio::select! {
+        () = work => {}
+        () = exit.wait() => {}
+    }
+    Ok(())
 }
 
 /// Cluster-listener request bodies may be this large (Raft batches, handoffs).
@@ -622,32 +767,39 @@ async fn drain(cluster: &Cluster, timeout: Duration) {
         return;
     }
     tracing::info!("draining: handing this node's shards to the others");
-    if let Err(e) = cluster.drain(me).await {
-        tracing::error!(error = %e, "cannot start draining; stopping with the shards");
-        return;
-    }
     let started = Instant::now();
-    let router = &cluster.replica().router;
-    let mut changes = router.subscribe();
-    loop {
-        let table = router.table();
-        let left = table.owned_by(me).count();
-        if left == 0 {
-            tracing::info!(
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "drained: this node owns no shards"
-            );
+    // Marking the node draining is a Raft write, which waits for a quorum: without one
+    // (the others down or cut off) it would wait for ever.
+    match tokio::time::timeout(timeout, cluster.drain(me)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot start draining; stopping with the shards");
             return;
         }
-        let wait = timeout.saturating_sub(started.elapsed());
-        if wait.is_zero() {
+        Err(_) => {
             tracing::error!(
-                shards = left,
-                "drain timed out; stopping with shards still owned"
+                shards = state.shards.iter().filter(|o| o.node == me).count(),
+                drain_timeout_ms = timeout.as_millis() as u64,
+                "drain timed out before it could start: no Raft quorum took this node's draining state; stopping with its shards, whose backups fail them over"
             );
             return;
         }
-        router.changed_within(&mut changes, wait).await;
+    }
+    let deadline = tokio::time::Instant::from_std(started + timeout);
+    let drained = cluster
+        .replica()
+        .router
+        .wait_for(|table| table.owned_by(me).count() == 0, deadline)
+        .await;
+    match drained {
+        Some(_) => tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "drained: this node owns no shards"
+        ),
+        None => tracing::error!(
+            shards = cluster.replica().router.table().owned_by(me).count(),
+            "drain timed out; stopping with shards still owned"
+        ),
     }
 }
 
@@ -748,18 +900,41 @@ async fn follow_shard_table(
     }
 }
 
-async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot watch SIGTERM; only SIGINT stops this node");
-            let _ = tokio::signal::ctrl_c().await;
-            return "SIGINT";
+/// SIGTERM and SIGINT, each time they come (a second one hurries the stop).
+enum StopSignals {
+    Both {
+        term: tokio::signal::unix::Signal,
+        int: tokio::signal::unix::Signal,
+    },
+    /// The handlers could not be installed: Ctrl-C through tokio's own, as a last resort.
+    CtrlC,
+}
+
+impl StopSignals {
+    fn watch() -> StopSignals {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => StopSignals::Both { term, int },
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(error = %e, "cannot watch SIGTERM; only SIGINT stops this node");
+                StopSignals::CtrlC
+            }
         }
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = tokio::signal::ctrl_c() => "SIGINT",
+    }
+
+    async fn next(&mut self) -> &'static str {
+        match self {
+            StopSignals::Both { term, int } => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            },
+            StopSignals::CtrlC => {
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
     }
 }

@@ -3,14 +3,15 @@
 //! used on hot paths are resolved once here, so recording one is a single atomic add.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
+use crate::cluster::peer_health::RaftRpcNoise;
 use crate::config::{LogConfig, LogFormat};
 
 /// Installs the global subscriber. Keep the guard alive until exit: dropping it flushes.
@@ -40,8 +41,13 @@ pub fn init_tracing(config: &LogConfig) -> Result<WorkerGuard, String> {
             .with_current_span(false)
             .finish()
             .with(client_faults)
+            .with(RaftRpcNoise)
             .try_init(),
-        LogFormat::Pretty => builder.finish().with(client_faults).try_init(),
+        LogFormat::Pretty => builder
+            .finish()
+            .with(client_faults)
+            .with(RaftRpcNoise)
+            .try_init(),
     };
     installed.map_err(|e| format!("cannot install the logger: {e}"))?;
     Ok(guard)
@@ -63,6 +69,41 @@ pub struct StoreWriteCounters {
     pub progress_delete: IntCounter,
     pub watchlist_put: IntCounter,
     pub watchlist_delete: IntCounter,
+}
+
+/// The node's background workers (see `worker`). Created registered, so neither can
+/// exist without the other.
+pub struct WorkerMetrics {
+    pub running: IntGaugeVec,
+    pub restarts: IntCounterVec,
+}
+
+impl WorkerMetrics {
+    fn registered(registry: &Registry) -> WorkerMetrics {
+        let running = IntGaugeVec::new(
+            Opts::new(
+                "playstate_worker_running",
+                "1 while a background worker runs, 0 while it waits to restart or has ended.",
+            ),
+            &["worker"],
+        )
+        .expect("valid metric");
+        let restarts = IntCounterVec::new(
+            Opts::new(
+                "playstate_worker_restarts_total",
+                "Background workers restarted after they failed or panicked.",
+            ),
+            &["worker"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(running.clone()))
+            .expect("metric names are unique");
+        registry
+            .register(Box::new(restarts.clone()))
+            .expect("metric names are unique");
+        WorkerMetrics { running, restarts }
+    }
 }
 
 /// The cluster's own metrics: membership, Raft, forwarding and handoffs.
@@ -236,6 +277,7 @@ impl ClusterMetrics {
 pub struct Metrics {
     registry: Registry,
     pub cluster: ClusterMetrics,
+    pub workers: WorkerMetrics,
     pub store_reads: IntCounter,
     pub store_writes: StoreWriteCounters,
     pub store_errors: IntCounter,
@@ -486,6 +528,7 @@ impl Metrics {
             )
             .expect("valid metric"),
             cluster: ClusterMetrics::new(),
+            workers: WorkerMetrics::registered(&registry),
             registry,
         };
         metrics.register_all(vec![

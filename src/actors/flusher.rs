@@ -40,10 +40,10 @@ impl Flusher {
         let (done, stored) = oneshot::channel();
         self.jobs
             .send(Job { items, done })
-            .map_err(|_| StoreError::Unavailable("the flusher has stopped".into()))?;
+            .map_err(|_| StoreError::unavailable("the flusher has stopped"))?;
         stored
             .await
-            .map_err(|_| StoreError::Unavailable("the flusher dropped the batch".into()))?
+            .map_err(|_| StoreError::unavailable("the flusher dropped the batch"))?
     }
 }
 

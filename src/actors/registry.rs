@@ -465,6 +465,16 @@ impl Registry {
                 );
                 return;
             }
+            // An actor moves once its progress is stored, and a node without its
+            // ownership lease stores nothing (another node may own the shard by now):
+            // waiting for them would only wait out the deadline.
+            if !self.inner.services.lease.is_valid() {
+                tracing::error!(
+                    actors = on_workers.len(),
+                    "no ownership lease (quorum lost or cut off): these user actors cannot store their progress, which is counted lost"
+                );
+                return;
+            }
             for addr in on_workers {
                 if asked.insert(addr.clone()) {
                     addr.do_send(Evacuate);

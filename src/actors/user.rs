@@ -22,6 +22,7 @@ use crate::domain::{
     AssetId, BiEvent, EventRecord, HeartbeatOutcome, ProgressBook, Seconds, StreamSlots, Timestamp,
     UserBackup, UserId, Watchlist,
 };
+use crate::error_chain::DisplayChain;
 use crate::store::{ProgressItem, StoreError};
 
 /// Why a library operation could not be done; nothing changed.
@@ -220,7 +221,7 @@ impl UserActor {
                 }
                 Err(e) => {
                     library.progress.failed(flush);
-                    tracing::warn!(user = %actor.user, error = %e, "progress flush failed; will retry");
+                    tracing::warn!(user = %actor.user, error = %DisplayChain(&e), "progress flush failed; will retry");
                     if actor.leaving() {
                         // Shutting down with the store away: keep trying for as long as
                         // the node's shutdown window lasts.
@@ -685,5 +686,21 @@ impl Handler<Snapshot> for UserActor {
             slots: Some(self.slots.clone()),
             progress: self.library.as_ref().map(|l| l.progress.dirty_entries()),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_library_error_crosses_nodes_in_the_json_of_the_previous_release() {
+        let json = r#"[{"Store":{"Unavailable":"throttled"}},"TooManyUnflushed","OutboxFull"]"#;
+        let errors: Vec<LibraryError> = serde_json::from_str(json).unwrap();
+        assert!(
+            matches!(&errors[0], LibraryError::Store(StoreError::Unavailable(cause)) if cause.to_string() == "throttled"),
+            "{errors:?}"
+        );
+        assert_eq!(serde_json::to_string(&errors).unwrap(), json);
     }
 }

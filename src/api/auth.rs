@@ -26,6 +26,11 @@ pub struct Caller {
     pub plan: Option<String>,
 }
 
+/// `auth.jwt_rs256_public_key_file` holds no RSA public key in PEM.
+#[derive(Debug, thiserror::Error)]
+#[error("not an RSA public key")]
+pub struct NotAnRsaKey(#[from] jsonwebtoken::errors::Error);
+
 /// Verifies bearer tokens when a key is configured.
 pub struct JwtVerifier {
     key: jsonwebtoken::DecodingKey,
@@ -40,9 +45,8 @@ impl JwtVerifier {
         }
     }
 
-    pub fn rs256_pem(pem: &[u8]) -> Result<JwtVerifier, String> {
-        let key = jsonwebtoken::DecodingKey::from_rsa_pem(pem)
-            .map_err(|e| format!("not an RSA public key: {e}"))?;
+    pub fn rs256_pem(pem: &[u8]) -> Result<JwtVerifier, NotAnRsaKey> {
+        let key = jsonwebtoken::DecodingKey::from_rsa_pem(pem)?;
         Ok(JwtVerifier {
             key,
             validation: jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256),

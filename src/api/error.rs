@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use crate::cluster::ClusterError;
 use crate::domain::{IdError, LimitReached, UserId};
+use crate::error_chain::DisplayChain;
 use crate::users::{LibraryCallError, StreamError};
 
 /// How a contract spells its errors.
@@ -247,7 +248,12 @@ impl From<StreamError> for ApiError {
 
 impl From<LibraryCallError> for ApiError {
     fn from(error: LibraryCallError) -> Self {
-        ApiError::Unavailable(error.to_string())
+        match error {
+            // Its message leaves out its cause (the log prints the chain): say it here.
+            LibraryCallError::Library(e) => ApiError::Unavailable(DisplayChain(&e).to_string()),
+            // Its message already holds its reason.
+            LibraryCallError::Unavailable(_) => ApiError::Unavailable(error.to_string()),
+        }
     }
 }
 

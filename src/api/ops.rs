@@ -8,6 +8,7 @@ use super::body;
 use super::error::{ApiError, Failure, FieldProblem, contract};
 use super::{AppState, route};
 use crate::domain::Millis;
+use crate::error_chain::DisplayChain;
 
 type Result<T> = std::result::Result<T, Failure<contract::Problem>>;
 
@@ -30,13 +31,14 @@ async fn health() -> HttpResponse {
 async fn ready(state: web::Data<AppState>) -> HttpResponse {
     if let Err(reason) = state.cluster.readiness() {
         return HttpResponse::ServiceUnavailable()
-            .json(serde_json::json!({ "status": "unavailable", "reason": reason }));
+            .json(serde_json::json!({ "status": "unavailable", "reason": reason.to_string() }));
     }
     let check = tokio::time::timeout(std::time::Duration::from_secs(2), state.store.check()).await;
     match check {
         Ok(Ok(())) => HttpResponse::Ok().json(serde_json::json!({ "status": "ready" })),
-        Ok(Err(e)) => HttpResponse::ServiceUnavailable()
-            .json(serde_json::json!({ "status": "unavailable", "reason": e.to_string() })),
+        Ok(Err(e)) => HttpResponse::ServiceUnavailable().json(
+            serde_json::json!({ "status": "unavailable", "reason": DisplayChain(&e).to_string() }),
+        ),
         Err(_) => HttpResponse::ServiceUnavailable().json(
             serde_json::json!({ "status": "unavailable", "reason": "store check timed out" }),
         ),

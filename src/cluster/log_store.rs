@@ -12,6 +12,7 @@ use openraft::{AnyError, StorageIOError};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::store::redb_file::RedbFileError;
 
 /// index → entry (JSON).
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
@@ -28,15 +29,15 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError {
 
 /// Opens (or creates) the Raft database; the state machine keeps its snapshot in it too.
 /// A damaged, emptied or vanished file is an error naming it (see `store::redb_file`).
-pub fn open_database(path: &std::path::Path) -> Result<Arc<Database>, String> {
+pub fn open_database(path: &std::path::Path) -> Result<Arc<Database>, RedbFileError> {
     const LOSES: &str = "this node's place in the cluster (first remove it with `playstate \
                          cluster remove`, then let it join again as a new member; a single \
                          node becomes a new cluster)";
     let db = crate::store::redb_file::open(path, LOSES, |db| {
-        let txn = db.begin_write().map_err(|e| e.to_string())?;
-        txn.open_table(LOG).map_err(|e| e.to_string())?;
-        txn.open_table(META).map_err(|e| e.to_string())?;
-        txn.commit().map_err(|e| e.to_string())
+        let txn = db.begin_write()?;
+        txn.open_table(LOG)?;
+        txn.open_table(META)?;
+        Ok(txn.commit()?)
     })?;
     Ok(Arc::new(db))
 }

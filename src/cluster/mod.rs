@@ -15,6 +15,7 @@ pub mod lease;
 mod log_store;
 pub mod network;
 mod node;
+pub mod peer_health;
 pub mod router;
 pub mod state;
 mod state_machine;

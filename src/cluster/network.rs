@@ -2,11 +2,9 @@
 //! handoff transfers and admin requests (each an `endpoint::Endpoint`), all JSON over
 //! pooled keep-alive HTTP/1.1 with the cluster secret as a bearer token.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::endpoint::{Endpoint, Method, RaftAppend, RaftSnapshot, RaftVote};
-use super::router::{NodeId, Router};
-use super::types::{NodeAddr, TypeConfig};
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -15,6 +13,11 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+
+use super::endpoint::{Endpoint, Method, RaftAppend, RaftSnapshot, RaftVote};
+use super::peer_health::PeerHealth;
+use super::router::{NodeId, Router};
+use super::types::{NodeAddr, TypeConfig};
 
 /// Why a call to another node failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -142,6 +145,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 pub struct Network {
     pub peers: Peers,
     pub router: Router,
+    pub health: Arc<PeerHealth>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -153,6 +157,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             fallback_addr: node.cluster_addr.clone(),
             peers: self.peers.clone(),
             router: self.router.clone(),
+            health: self.health.clone(),
         }
     }
 }
@@ -165,6 +170,7 @@ pub struct NodeClient {
     fallback_addr: String,
     peers: Peers,
     router: Router,
+    health: Arc<PeerHealth>,
 }
 
 impl NodeClient {
@@ -183,11 +189,15 @@ impl NodeClient {
             .cluster_addr(NodeId(self.target))
             .map(|a| a.to_string())
             .unwrap_or_else(|| self.fallback_addr.clone());
-        match self
+        let answer = self
             .peers
             .call::<E>(&addr, request, option.hard_ttl())
-            .await
-        {
+            .await;
+        match &answer {
+            Err(e @ PeerError::Unreachable { .. }) => self.health.unreachable(self.target, e),
+            _ => self.health.answered(self.target),
+        }
+        match answer {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),
             Err(e @ PeerError::Unreachable { .. }) => {

@@ -21,7 +21,8 @@ use super::network::{Network, PeerError, Peers};
 use super::router::{NodeId, Router};
 use super::state::{ClusterState, MemberState};
 use super::state_machine::{Replica, StateMachine};
-use super::types::{NodeAddr, Raft, Refusal, Request, Response};
+use super::types::{NodeAddr, Raft, Refusal, Request, Response, StorageError};
+use crate::store::redb_file::RedbFileError;
 use crate::telemetry::Metrics;
 
 #[derive(Clone, Debug)]
@@ -77,6 +78,37 @@ impl From<PeerError> for ClusterError {
             other => ClusterError::Failed(other.to_string()),
         }
     }
+}
+
+/// Why Raft could not be opened on this node's data dir and started.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// `raft.redb` is damaged, vanished or unreadable; the message says what to do.
+    #[error(transparent)]
+    File(#[from] RedbFileError),
+    #[error("cannot create the state machine's table in raft.redb")]
+    Table(#[from] redb::Error),
+    #[error("cannot load the state machine's snapshot")]
+    Snapshot(#[source] Box<StorageError>),
+    #[error("Raft settings")]
+    Settings(#[from] openraft::ConfigError),
+    #[error("cannot start Raft")]
+    Start(#[source] Box<openraft::error::Fatal<u64>>),
+}
+
+/// Why this node cannot serve player traffic yet (see `Cluster::readiness`).
+#[derive(Debug, thiserror::Error)]
+pub enum NotReady {
+    #[error("not yet a member of a cluster")]
+    NotJoined,
+    #[error("not a member of the cluster")]
+    NotMember,
+    #[error("no known leader")]
+    NoLeader,
+    #[error("no ownership lease: the leader has not renewed it (cut off?)")]
+    NoLease,
+    #[error("catching up: applied {applied} of {ready_at}")]
+    CatchingUp { applied: u64, ready_at: u64 },
 }
 
 /// A member as `cluster status` shows it.
@@ -170,7 +202,7 @@ impl Cluster {
         addr: NodeAddr,
         router: Router,
         metrics: Arc<Metrics>,
-    ) -> Result<Cluster, String> {
+    ) -> Result<Cluster, OpenError> {
         let db = open_database(&data_dir.join("raft.redb"))?;
         let replica = Replica {
             state: Arc::new(ArcSwap::from_pointee(ClusterState::default())),
@@ -194,12 +226,12 @@ impl Cluster {
             install_snapshot_timeout: 10_000,
             ..Default::default()
         }
-        .validate()
-        .map_err(|e| format!("Raft settings: {e}"))?;
+        .validate()?;
         let peers = Peers::new(&settings.secret);
         let network = Network {
             peers: peers.clone(),
             router,
+            health: Arc::default(),
         };
         let raft = Raft::new(
             settings.node_id.0,
@@ -209,7 +241,7 @@ impl Cluster {
             state_machine,
         )
         .await
-        .map_err(|e| format!("cannot start Raft: {e}"))?;
+        .map_err(|e| OpenError::Start(Box::new(e)))?;
         Ok(Cluster {
             inner: Arc::new(Inner {
                 id: settings.node_id,
@@ -544,25 +576,25 @@ impl Cluster {
 
     /// Whether this node can serve: a member, with a leader known and a valid ownership
     /// lease, caught up with what was committed when it joined.
-    pub fn readiness(&self) -> Result<(), String> {
+    pub fn readiness(&self) -> Result<(), NotReady> {
         let ready_at = self.inner.ready_at.load(Ordering::Acquire);
         if ready_at == 0 {
-            return Err("not yet a member of a cluster".into());
+            return Err(NotReady::NotJoined);
         }
         let state = self.state();
         if !state.members.contains_key(&self.inner.id) {
-            return Err("not a member of the cluster".into());
+            return Err(NotReady::NotMember);
         }
         let metrics = self.inner.raft.metrics().borrow().clone();
         if metrics.current_leader.is_none() {
-            return Err("no known leader".into());
+            return Err(NotReady::NoLeader);
         }
         if !self.inner.lease.is_valid() {
-            return Err("no ownership lease: the leader has not renewed it (cut off?)".into());
+            return Err(NotReady::NoLease);
         }
         let applied = metrics.last_applied.map_or(0, |id| id.index);
         if applied < ready_at {
-            return Err(format!("catching up: applied {applied} of {ready_at}"));
+            return Err(NotReady::CatchingUp { applied, ready_at });
         }
         Ok(())
     }
@@ -595,22 +627,19 @@ impl Cluster {
         })
         .await?;
         tracing::info!(node_id = node.0, "node is leaving the cluster");
-        let started = Instant::now();
-        let mut changes = self.inner.replica.router.subscribe();
-        while !self.state().removed.contains(&node) {
-            let left = wait.saturating_sub(started.elapsed());
-            if left.is_zero() {
-                return Err(ClusterError::Failed(format!(
-                    "node {node} is still leaving after {wait:?}; it will go on"
-                )));
-            }
-            self.inner
-                .replica
-                .router
-                .changed_within(&mut changes, left.min(Duration::from_millis(500)))
-                .await;
+        let deadline = tokio::time::Instant::now() + wait;
+        let removed = self
+            .inner
+            .replica
+            .router
+            .wait_for(|_| self.state().removed.contains(&node), deadline)
+            .await;
+        match removed {
+            Some(_) => Ok(()),
+            None => Err(ClusterError::Failed(format!(
+                "node {node} is still leaving after {wait:?}; it will go on"
+            ))),
         }
-        Ok(())
     }
 
     pub fn status(&self) -> StatusReport {

@@ -233,6 +233,28 @@ impl Router {
         )
     }
 
+    /// Waits until `done` holds: checked at once, then after every change (a new table,
+    /// or a shard's serving state here). The table it held for, or `None` once
+    /// `deadline` has passed.
+    pub async fn wait_for(
+        &self,
+        mut done: impl FnMut(&ShardTable) -> bool,
+        deadline: tokio::time::Instant,
+    ) -> Option<Arc<ShardTable>> {
+        let mut changes = self.subscribe();
+        loop {
+            let table = self.table();
+            if done(&table) {
+                return Some(table);
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                // The deadline, or the router is gone (the node is stopping).
+                _ => return None,
+            }
+        }
+    }
+
     /// A receiver to wait on with `changed_within`; subscribe before reading the table,
     /// so a change in between is not missed.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {

@@ -14,6 +14,7 @@ use openraft::{AnyError, EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use redb::{Database, ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use super::node::OpenError;
 use super::router::{Router, ShardTable};
 use super::state::ClusterState;
 use super::types::{
@@ -69,11 +70,11 @@ impl StateMachine {
         db: Arc<Database>,
         replica: Replica,
         metrics: Arc<Metrics>,
-    ) -> Result<StateMachine, String> {
+    ) -> Result<StateMachine, OpenError> {
         {
-            let txn = db.begin_write().map_err(|e| e.to_string())?;
-            txn.open_table(SNAPSHOT).map_err(|e| e.to_string())?;
-            txn.commit().map_err(|e| e.to_string())?;
+            let txn = db.begin_write().map_err(redb::Error::from)?;
+            txn.open_table(SNAPSHOT).map_err(redb::Error::from)?;
+            txn.commit().map_err(redb::Error::from)?;
         }
         let machine = StateMachine {
             applied: Arc::new(Mutex::new(Applied {
@@ -85,10 +86,11 @@ impl StateMachine {
             db,
             metrics,
         };
-        if let Some(stored) = machine.stored_snapshot().map_err(|e| e.to_string())? {
+        let snapshot_error = |e| OpenError::Snapshot(Box::new(e));
+        if let Some(stored) = machine.stored_snapshot().map_err(snapshot_error)? {
             machine
                 .restore(&stored.meta, &stored.data)
-                .map_err(|e| e.to_string())?;
+                .map_err(snapshot_error)?;
         }
         Ok(machine)
     }

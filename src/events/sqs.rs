@@ -3,12 +3,36 @@
 
 use async_trait::async_trait;
 use aws_sdk_sqs::Client;
-use aws_sdk_sqs::error::DisplayErrorContext;
+use aws_sdk_sqs::config::http::HttpResponse;
+use aws_sdk_sqs::error::{DisplayErrorContext, SdkError};
+use aws_sdk_sqs::operation::create_queue::CreateQueueError;
+use aws_sdk_sqs::operation::get_queue_url::GetQueueUrlError;
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use futures_util::StreamExt;
 
 use super::{EventSink, NotDelivered};
 use crate::domain::EventRecord;
+
+/// Why a queue could not be found by its name (or created).
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("cannot create queue {name}")]
+    Create {
+        name: String,
+        #[source]
+        source: Box<SdkError<CreateQueueError, HttpResponse>>,
+    },
+    #[error("queue {name} was created without a URL")]
+    CreatedWithoutUrl { name: String },
+    #[error("cannot find queue {name}")]
+    Find {
+        name: String,
+        #[source]
+        source: Box<SdkError<GetQueueUrlError, HttpResponse>>,
+    },
+    #[error("queue {name} has no URL")]
+    NoUrl { name: String },
+}
 
 pub struct SqsSink {
     client: Client,
@@ -23,7 +47,7 @@ impl SqsSink {
         queue_url: &str,
         queue_name: &str,
         create: bool,
-    ) -> Result<SqsSink, String> {
+    ) -> Result<SqsSink, QueueError> {
         let client = Client::new(sdk);
         let queue_url = resolve_queue(&client, queue_url, queue_name, create).await?;
         Ok(SqsSink { client, queue_url })
@@ -36,30 +60,30 @@ pub async fn resolve_queue(
     url: &str,
     name: &str,
     create: bool,
-) -> Result<String, String> {
+) -> Result<String, QueueError> {
     if !url.is_empty() {
         return Ok(url.to_owned());
     }
+    let name = name.to_owned();
     if create {
-        let created = client
-            .create_queue()
-            .queue_name(name)
-            .send()
-            .await
-            .map_err(|e| format!("cannot create queue {name}: {}", DisplayErrorContext(e)))?;
-        return created
-            .queue_url
-            .ok_or_else(|| format!("queue {name} was created without a URL"));
+        let created = client.create_queue().queue_name(&name).send().await;
+        return match created {
+            Ok(created) => created
+                .queue_url
+                .ok_or(QueueError::CreatedWithoutUrl { name }),
+            Err(e) => Err(QueueError::Create {
+                name,
+                source: Box::new(e),
+            }),
+        };
     }
-    let found = client
-        .get_queue_url()
-        .queue_name(name)
-        .send()
-        .await
-        .map_err(|e| format!("cannot find queue {name}: {}", DisplayErrorContext(e)))?;
-    found
-        .queue_url
-        .ok_or_else(|| format!("queue {name} has no URL"))
+    match client.get_queue_url().queue_name(&name).send().await {
+        Ok(found) => found.queue_url.ok_or(QueueError::NoUrl { name }),
+        Err(e) => Err(QueueError::Find {
+            name,
+            source: Box::new(e),
+        }),
+    }
 }
 
 /// SendMessageBatch takes at most this many messages.

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::error::DisplayErrorContext;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, DeleteRequest, KeySchemaElement, KeyType,
     PutRequest, ReturnValue, ScalarAttributeType, TableStatus, WriteRequest,
@@ -40,10 +39,6 @@ const TABLE_ACTIVE_TIMEOUT: Duration = Duration::from_secs(120);
 /// A table serves reads and writes while ACTIVE and while UPDATING (e.g. an index build).
 fn table_usable(status: &TableStatus) -> bool {
     matches!(status, TableStatus::Active | TableStatus::Updating)
-}
-
-fn unavailable(e: impl std::error::Error) -> StoreError {
-    StoreError::Unavailable(DisplayErrorContext(e).to_string())
 }
 
 fn pk(user: &UserId) -> AttributeValue {
@@ -89,7 +84,7 @@ impl DynamoStore {
             Err(e)
                 if e.as_service_error()
                     .is_some_and(|e| e.is_resource_not_found_exception()) => {}
-            Err(e) => return Err(unavailable(e)),
+            Err(e) => return Err(StoreError::unavailable(e)),
         }
         let key = |name: &str, kind| {
             KeySchemaElement::builder()
@@ -122,7 +117,7 @@ impl DynamoStore {
             Err(e)
                 if e.as_service_error()
                     .is_some_and(|e| e.is_resource_in_use_exception()) => {}
-            Err(e) => return Err(unavailable(e)),
+            Err(e) => return Err(StoreError::unavailable(e)),
         }
         self.wait_until_active().await
     }
@@ -135,7 +130,7 @@ impl DynamoStore {
                 return Ok(());
             }
             if started.elapsed() >= TABLE_ACTIVE_TIMEOUT {
-                return Err(StoreError::Unavailable(format!(
+                return Err(StoreError::unavailable(format!(
                     "table {} is still {status} after {}s",
                     self.table,
                     TABLE_ACTIVE_TIMEOUT.as_secs()
@@ -153,7 +148,7 @@ impl DynamoStore {
             .table_name(&self.table)
             .send()
             .await
-            .map_err(unavailable)?;
+            .map_err(StoreError::unavailable)?;
         Ok(described
             .table
             .and_then(|t| t.table_status)
@@ -168,7 +163,7 @@ impl DynamoStore {
                 .request_items(&self.table, requests)
                 .send()
                 .await
-                .map_err(unavailable)?;
+                .map_err(StoreError::unavailable)?;
             requests = response
                 .unprocessed_items
                 .and_then(|mut unprocessed| unprocessed.remove(&self.table))
@@ -183,7 +178,7 @@ impl DynamoStore {
             ))
             .await;
         }
-        Err(StoreError::Unavailable(format!(
+        Err(StoreError::unavailable(format!(
             "{} items still unprocessed after {UNPROCESSED_ROUNDS} rounds",
             requests.len()
         )))
@@ -221,8 +216,8 @@ fn attr_asset(item: &HashMap<String, AttributeValue>) -> Result<AssetId, StoreEr
     let raw = item
         .get("asset")
         .and_then(|v| v.as_s().ok())
-        .ok_or_else(|| StoreError::Corrupt("item without asset".into()))?;
-    AssetId::parse(raw).map_err(|_| StoreError::Corrupt(format!("bad asset {raw:?}")))
+        .ok_or_else(|| StoreError::corrupt("item without asset"))?;
+    AssetId::parse(raw).map_err(|_| StoreError::corrupt(format!("bad asset {raw:?}")))
 }
 
 fn attr_number<T: std::str::FromStr>(
@@ -232,7 +227,7 @@ fn attr_number<T: std::str::FromStr>(
     item.get(name)
         .and_then(|v| v.as_n().ok())
         .and_then(|raw| raw.parse().ok())
-        .ok_or_else(|| StoreError::Corrupt(format!("item without numeric {name}")))
+        .ok_or_else(|| StoreError::corrupt(format!("item without numeric {name}")))
 }
 
 #[async_trait]
@@ -251,7 +246,7 @@ impl UserStore for DynamoStore {
                 .set_exclusive_start_key(start)
                 .send()
                 .await
-                .map_err(unavailable)?;
+                .map_err(StoreError::unavailable)?;
             for item in page.items() {
                 let sk = item
                     .get("SK")
@@ -311,7 +306,7 @@ impl UserStore for DynamoStore {
             {
                 Ok(false)
             }
-            Err(e) => Err(unavailable(e)),
+            Err(e) => Err(StoreError::unavailable(e)),
         }
     }
 
@@ -329,7 +324,7 @@ impl UserStore for DynamoStore {
             .return_values(ReturnValue::AllOld)
             .send()
             .await
-            .map_err(unavailable)?;
+            .map_err(StoreError::unavailable)?;
         Ok(response.attributes.is_some_and(|old| !old.is_empty()))
     }
 
@@ -338,7 +333,7 @@ impl UserStore for DynamoStore {
         if table_usable(&status) {
             Ok(())
         } else {
-            Err(StoreError::Unavailable(format!(
+            Err(StoreError::unavailable(format!(
                 "table {} is {status}",
                 self.table
             )))
@@ -365,7 +360,7 @@ impl TrailerStore for DynamoStore {
             .send()
             .await
             .map(|_| ())
-            .map_err(unavailable)
+            .map_err(StoreError::unavailable)
     }
 
     /// A filtered Scan: it reads the whole table, which is why it runs only when a node
@@ -383,12 +378,12 @@ impl TrailerStore for DynamoStore {
                 .set_exclusive_start_key(start)
                 .send()
                 .await
-                .map_err(unavailable)?;
+                .map_err(StoreError::unavailable)?;
             for item in page.items() {
                 let url = item
                     .get("url")
                     .and_then(|v| v.as_s().ok())
-                    .ok_or_else(|| StoreError::Corrupt("trailer without url".into()))?;
+                    .ok_or_else(|| StoreError::corrupt("trailer without url"))?;
                 let trailers = item
                     .get("trailers")
                     .and_then(|v| v.as_l().ok())

@@ -38,15 +38,11 @@ fn user_range(user: &UserId) -> (String, String) {
     )
 }
 
-fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(e.to_string())
-}
-
 fn asset_of(key: &str) -> Result<AssetId, StoreError> {
     let (_, asset) = key
         .split_once('\0')
-        .ok_or_else(|| StoreError::Corrupt(format!("key without separator: {key:?}")))?;
-    AssetId::parse(asset).map_err(|_| StoreError::Corrupt(format!("bad asset in key {key:?}")))
+        .ok_or_else(|| StoreError::corrupt(format!("key without separator: {key:?}")))?;
+    AssetId::parse(asset).map_err(|_| StoreError::corrupt(format!("bad asset in key {key:?}")))
 }
 
 impl EmbeddedStore {
@@ -55,13 +51,13 @@ impl EmbeddedStore {
     pub fn open(path: &Path) -> Result<EmbeddedStore, StoreError> {
         let db = redb_file::open(path, LOSES, |db| {
             // Create the tables up front so reads never meet a missing table.
-            let txn = db.begin_write().map_err(|e| e.to_string())?;
-            txn.open_table(PROGRESS).map_err(|e| e.to_string())?;
-            txn.open_table(WATCHLIST).map_err(|e| e.to_string())?;
-            txn.open_table(TRAILERS).map_err(|e| e.to_string())?;
-            txn.commit().map_err(|e| e.to_string())
+            let txn = db.begin_write()?;
+            txn.open_table(PROGRESS)?;
+            txn.open_table(WATCHLIST)?;
+            txn.open_table(TRAILERS)?;
+            Ok(txn.commit()?)
         })
-        .map_err(StoreError::Unavailable)?;
+        .map_err(StoreError::unavailable)?;
         Ok(EmbeddedStore {
             db: Arc::new(db),
             path: path.into(),
@@ -70,7 +66,7 @@ impl EmbeddedStore {
 
     /// Runs blocking redb work off the async threads. redb panics on some damage it meets
     /// only when reading (a page altered after the start's check): that fails the
-    /// operation with an error naming the file, logged, instead of a bare task failure.
+    /// operation as `Corrupt`, naming the file, instead of a bare task failure.
     async fn blocking<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
@@ -84,10 +80,9 @@ impl EmbeddedStore {
                     &redb_file::remedy(&self.path, LOSES),
                     &redb_file::panic_message(&*e.into_panic()),
                 );
-                tracing::error!(error = %damaged, "store operation failed");
-                Err(StoreError::Corrupt(damaged))
+                Err(StoreError::corrupt(damaged))
             }
-            Err(e) => Err(StoreError::Unavailable(format!("store task failed: {e}"))),
+            Err(e) => Err(StoreError::unavailable(e)),
         }
     }
 }
@@ -97,22 +92,22 @@ impl UserStore for EmbeddedStore {
     async fn load_library(&self, user: &UserId) -> Result<StoredLibrary, StoreError> {
         let (from, to) = user_range(user);
         self.blocking(move |db| {
-            let txn = db.begin_read().map_err(unavailable)?;
+            let txn = db.begin_read().map_err(StoreError::unavailable)?;
             let mut library = StoredLibrary::default();
-            let progress = txn.open_table(PROGRESS).map_err(unavailable)?;
+            let progress = txn.open_table(PROGRESS).map_err(StoreError::unavailable)?;
             for row in progress
                 .range(from.as_str()..to.as_str())
-                .map_err(unavailable)?
+                .map_err(StoreError::unavailable)?
             {
-                let (k, v) = row.map_err(unavailable)?;
+                let (k, v) = row.map_err(StoreError::unavailable)?;
                 library.progress.push((asset_of(k.value())?, v.value()));
             }
-            let watchlist = txn.open_table(WATCHLIST).map_err(unavailable)?;
+            let watchlist = txn.open_table(WATCHLIST).map_err(StoreError::unavailable)?;
             for row in watchlist
                 .range(from.as_str()..to.as_str())
-                .map_err(unavailable)?
+                .map_err(StoreError::unavailable)?
             {
-                let (k, v) = row.map_err(unavailable)?;
+                let (k, v) = row.map_err(StoreError::unavailable)?;
                 library
                     .watchlist
                     .push((asset_of(k.value())?, Timestamp(v.value())));
@@ -130,18 +125,18 @@ impl UserStore for EmbeddedStore {
         self.blocking(move |db| {
             // One transaction, one fsync, for the whole batch: the flusher groups many
             // users' writes precisely so that this stays cheap.
-            let txn = db.begin_write().map_err(unavailable)?;
+            let txn = db.begin_write().map_err(StoreError::unavailable)?;
             {
-                let mut table = txn.open_table(PROGRESS).map_err(unavailable)?;
+                let mut table = txn.open_table(PROGRESS).map_err(StoreError::unavailable)?;
                 for (k, seconds) in &writes {
                     match seconds {
                         Some(s) => table.insert(k.as_str(), *s).map(|_| ()),
                         None => table.remove(k.as_str()).map(|_| ()),
                     }
-                    .map_err(unavailable)?;
+                    .map_err(StoreError::unavailable)?;
                 }
             }
-            txn.commit().map_err(unavailable)
+            txn.commit().map_err(StoreError::unavailable)
         })
         .await
     }
@@ -154,16 +149,21 @@ impl UserStore for EmbeddedStore {
     ) -> Result<bool, StoreError> {
         let k = key(user, &asset);
         self.blocking(move |db| {
-            let txn = db.begin_write().map_err(unavailable)?;
+            let txn = db.begin_write().map_err(StoreError::unavailable)?;
             let added = {
-                let mut table = txn.open_table(WATCHLIST).map_err(unavailable)?;
-                let present = table.get(k.as_str()).map_err(unavailable)?.is_some();
+                let mut table = txn.open_table(WATCHLIST).map_err(StoreError::unavailable)?;
+                let present = table
+                    .get(k.as_str())
+                    .map_err(StoreError::unavailable)?
+                    .is_some();
                 if !present {
-                    table.insert(k.as_str(), added_at.0).map_err(unavailable)?;
+                    table
+                        .insert(k.as_str(), added_at.0)
+                        .map_err(StoreError::unavailable)?;
                 }
                 !present
             };
-            txn.commit().map_err(unavailable)?;
+            txn.commit().map_err(StoreError::unavailable)?;
             Ok(added)
         })
         .await
@@ -176,19 +176,22 @@ impl UserStore for EmbeddedStore {
     ) -> Result<bool, StoreError> {
         let k = key(user, &asset);
         self.blocking(move |db| {
-            let txn = db.begin_write().map_err(unavailable)?;
+            let txn = db.begin_write().map_err(StoreError::unavailable)?;
             let removed = {
-                let mut table = txn.open_table(WATCHLIST).map_err(unavailable)?;
-                table.remove(k.as_str()).map_err(unavailable)?.is_some()
+                let mut table = txn.open_table(WATCHLIST).map_err(StoreError::unavailable)?;
+                table
+                    .remove(k.as_str())
+                    .map_err(StoreError::unavailable)?
+                    .is_some()
             };
-            txn.commit().map_err(unavailable)?;
+            txn.commit().map_err(StoreError::unavailable)?;
             Ok(removed)
         })
         .await
     }
 
     async fn check(&self) -> Result<(), StoreError> {
-        self.blocking(|db| db.begin_read().map(|_| ()).map_err(unavailable))
+        self.blocking(|db| db.begin_read().map(|_| ()).map_err(StoreError::unavailable))
             .await
     }
 
@@ -201,29 +204,26 @@ impl UserStore for EmbeddedStore {
 impl TrailerStore for EmbeddedStore {
     async fn put_trailers(&self, key: &str, entry: &TrailerEntry) -> Result<(), StoreError> {
         let key = key.to_owned();
-        let json = serde_json::to_string(entry).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let json = serde_json::to_string(entry).map_err(StoreError::corrupt)?;
         self.blocking(move |db| {
-            let txn = db.begin_write().map_err(unavailable)?;
+            let txn = db.begin_write().map_err(StoreError::unavailable)?;
             txn.open_table(TRAILERS)
-                .map_err(unavailable)?
+                .map_err(StoreError::unavailable)?
                 .insert(key.as_str(), json.as_str())
-                .map_err(unavailable)?;
-            txn.commit().map_err(unavailable)
+                .map_err(StoreError::unavailable)?;
+            txn.commit().map_err(StoreError::unavailable)
         })
         .await
     }
 
     async fn all_trailers(&self) -> Result<Vec<TrailerEntry>, StoreError> {
         self.blocking(|db| {
-            let txn = db.begin_read().map_err(unavailable)?;
-            let table = txn.open_table(TRAILERS).map_err(unavailable)?;
+            let txn = db.begin_read().map_err(StoreError::unavailable)?;
+            let table = txn.open_table(TRAILERS).map_err(StoreError::unavailable)?;
             let mut entries = Vec::new();
-            for row in table.iter().map_err(unavailable)? {
-                let (_, json) = row.map_err(unavailable)?;
-                entries.push(
-                    serde_json::from_str(json.value())
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                );
+            for row in table.iter().map_err(StoreError::unavailable)? {
+                let (_, json) = row.map_err(StoreError::unavailable)?;
+                entries.push(serde_json::from_str(json.value()).map_err(StoreError::corrupt)?);
             }
             Ok(entries)
         })

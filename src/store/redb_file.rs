@@ -18,14 +18,71 @@ use redb::{Builder, Database, DatabaseError, StorageError};
 /// In the data dir: one file name a line, each a redb file this dir has held.
 pub const HELD_LIST: &str = "redb-files";
 
+/// Why a redb file of the data dir cannot be used. Each message is a whole sentence
+/// naming the file, and for a damaged or vanished one what the operator can do.
+#[derive(Debug, thiserror::Error)]
+pub enum RedbFileError {
+    #[error(
+        "{} is empty (0 bytes): redb never leaves a file it created empty, so it was \
+         truncated or its creation never finished; the node will not start with an \
+         empty store in its place. {remedy}",
+        path.display()
+    )]
+    Emptied { path: PathBuf, remedy: String },
+    #[error(
+        "{} is missing, but this data dir held it ({} lists it); the node will not \
+         start with an empty store in its place. {remedy}",
+        path.display(),
+        list.display()
+    )]
+    Vanished {
+        path: PathBuf,
+        list: PathBuf,
+        remedy: String,
+    },
+    /// `detail` is redb's own text (or its panic's), so the remedy can end the sentence.
+    #[error(
+        "{} is damaged ({detail}); the node will not start on it. {remedy}",
+        path.display()
+    )]
+    Damaged {
+        path: PathBuf,
+        detail: String,
+        remedy: String,
+    },
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot write {}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot open {}", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: DatabaseError,
+    },
+    #[error("cannot create the tables of {}", path.display())]
+    Init {
+        path: PathBuf,
+        #[source]
+        source: redb::Error,
+    },
+}
+
 /// Opens `path`, or creates it when the data dir never held it; `init` (creating tables)
 /// runs under the same guard. `loses` says what starting without the file gives up.
-/// Errors are whole sentences naming the file and what the operator can do.
 pub fn open(
     path: &Path,
     loses: &str,
-    init: impl FnOnce(&Database) -> Result<(), String>,
-) -> Result<Database, String> {
+    init: impl FnOnce(&Database) -> Result<(), redb::Error>,
+) -> Result<Database, RedbFileError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
@@ -33,29 +90,34 @@ pub fn open(
         .unwrap_or_default();
     let list = dir.join(HELD_LIST);
     let remedy = &remedy(path, loses);
-    let held = read_held(&list).map_err(|e| format!("cannot read {}: {e}", list.display()))?;
+    let held = read_held(&list).map_err(|source| RedbFileError::Read {
+        path: list.clone(),
+        source,
+    })?;
     let exists = match std::fs::metadata(path) {
         Ok(meta) if meta.len() == 0 => {
-            return Err(format!(
-                "{} is empty (0 bytes): redb never leaves a file it created empty, so it was \
-                 truncated or its creation never finished; the node will not start with an \
-                 empty store in its place. {remedy}",
-                path.display()
-            ));
+            return Err(RedbFileError::Emptied {
+                path: path.to_owned(),
+                remedy: remedy.clone(),
+            });
         }
         Ok(_) => true,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             if held.contains(&name) {
-                return Err(format!(
-                    "{} is missing, but this data dir held it ({} lists it); the node will not \
-                     start with an empty store in its place. {remedy}",
-                    path.display(),
-                    list.display(),
-                ));
+                return Err(RedbFileError::Vanished {
+                    path: path.to_owned(),
+                    list,
+                    remedy: remedy.clone(),
+                });
             }
             false
         }
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        Err(source) => {
+            return Err(RedbFileError::Read {
+                path: path.to_owned(),
+                source,
+            });
+        }
     };
     let db = guarded(path, remedy, || {
         let mut builder = Builder::new();
@@ -65,12 +127,16 @@ pub fn open(
             builder.create(path)
         }
         .map_err(|e| describe(path, remedy, e))?;
-        init(&db)?;
+        init(&db).map_err(|source| RedbFileError::Init {
+            path: path.to_owned(),
+            source,
+        })?;
         Ok(db)
     })?;
     if !held.contains(&name) {
         // Also for a file that predates the list, so that its loss is noticed from now on.
-        add_held(&list, held, name).map_err(|e| format!("cannot write {}: {e}", list.display()))?;
+        add_held(&list, held, name)
+            .map_err(|source| RedbFileError::Write { path: list, source })?;
     }
     Ok(db)
 }
@@ -86,20 +152,24 @@ pub fn remedy(path: &Path, loses: &str) -> String {
     )
 }
 
-/// The sentence for a failed open: a damaged file gets the remedy, a busy one does not.
-fn describe(path: &Path, remedy: &str, e: DatabaseError) -> String {
+/// The error for a failed open: a damaged file gets the remedy, a busy one does not.
+fn describe(path: &Path, remedy: &str, e: DatabaseError) -> RedbFileError {
     match e {
         DatabaseError::Storage(StorageError::Corrupted(detail)) => damaged(path, remedy, &detail),
         DatabaseError::RepairAborted => damaged(path, remedy, "its repair failed"),
-        other => format!("cannot open {}: {other}", path.display()),
+        source => RedbFileError::Open {
+            path: path.to_owned(),
+            source,
+        },
     }
 }
 
-pub fn damaged(path: &Path, remedy: &str, detail: &str) -> String {
-    format!(
-        "{} is damaged ({detail}); the node will not start on it. {remedy}",
-        path.display()
-    )
+pub fn damaged(path: &Path, remedy: &str, detail: &str) -> RedbFileError {
+    RedbFileError::Damaged {
+        path: path.to_owned(),
+        detail: detail.to_owned(),
+        remedy: remedy.to_owned(),
+    }
 }
 
 /// Runs `open` and turns a panic inside redb into an error naming the file. The default
@@ -107,8 +177,8 @@ pub fn damaged(path: &Path, remedy: &str, detail: &str) -> String {
 fn guarded<T>(
     path: &Path,
     remedy: &str,
-    open: impl FnOnce() -> Result<T, String>,
-) -> Result<T, String> {
+    open: impl FnOnce() -> Result<T, RedbFileError>,
+) -> Result<T, RedbFileError> {
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let result = catch_unwind(AssertUnwindSafe(open));
@@ -163,10 +233,11 @@ mod tests {
 
     fn open_t(path: &Path) -> Result<Database, String> {
         open(path, "LOSES", |db| {
-            let txn = db.begin_write().map_err(|e| e.to_string())?;
-            txn.open_table(T).map_err(|e| e.to_string())?;
-            txn.commit().map_err(|e| e.to_string())
+            let txn = db.begin_write()?;
+            txn.open_table(T)?;
+            Ok(txn.commit()?)
         })
+        .map_err(|e| e.to_string())
     }
 
     fn filled(dir: &Path) -> PathBuf {

@@ -16,6 +16,7 @@ use super::cache::TrailerCache;
 use super::resolve::{ResolveError, Resolver};
 use crate::clock::Clock;
 use crate::domain::{ContentUrl, TrailerEntry};
+use crate::error_chain::DisplayChain;
 use crate::retry::backoff;
 use crate::store::TrailerStore;
 use crate::telemetry::Metrics;
@@ -53,7 +54,7 @@ impl Onboarding {
         self.store
             .put_trailers(&url.key(), &entry)
             .await
-            .map_err(|e| ResolveError::Transient(e.to_string()))?;
+            .map_err(|e| ResolveError::Transient(DisplayChain(&e).to_string()))?;
         self.cache
             .put(url.key(), entry.clone())
             .await

@@ -26,6 +26,11 @@ pub enum ResolveError {
 /// The longest Retry-After honoured; beyond it the message waits for SQS redelivery.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 
+/// The resolver's HTTP client could not be built (its TLS set-up failed).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the HTTP client for content and TMDB lookups")]
+pub struct ResolverClientError(#[from] reqwest::Error);
+
 pub struct Resolver {
     http: reqwest::Client,
     tmdb_base: String,
@@ -41,11 +46,8 @@ impl Resolver {
         timeout: Duration,
         attempts: u32,
         metrics: Arc<Metrics>,
-    ) -> Result<Resolver, String> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+    ) -> Result<Resolver, ResolverClientError> {
+        let http = reqwest::Client::builder().timeout(timeout).build()?;
         Ok(Resolver {
             http,
             tmdb_base: tmdb_base.trim_end_matches('/').to_owned(),

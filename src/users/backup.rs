@@ -15,6 +15,7 @@ use super::Users;
 use crate::actors::UserHandoff;
 use crate::cluster::{NodeId, Peers, ShardId, ShardTable};
 use crate::domain::{ShardBackup, UserBackup, UserId, backup::needs_snapshot};
+use crate::error_chain::DisplayChain;
 use crate::store::ProgressItem;
 
 crate::cluster::endpoint::endpoint!(
@@ -218,7 +219,7 @@ impl Users {
                 Ok(()) => break,
                 Err(e) => {
                     attempt += 1;
-                    tracing::warn!(shards = shards.len(), error = %e, "cannot store recovered progress yet; the shards wait");
+                    tracing::warn!(shards = shards.len(), error = %DisplayChain(&e), "cannot store recovered progress yet; the shards wait");
                     tokio::time::sleep(crate::retry::backoff(
                         attempt,
                         Duration::from_millis(200),

@@ -536,7 +536,8 @@ async fn the_leader_can_leave() {
 struct PlayerLoad {
     stop: Arc<AtomicBool>,
     ok: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
+    /// What the failed requests got, as "PATH: STATUS BODY" or "PATH: ERROR".
+    failed: Arc<std::sync::Mutex<Vec<String>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     viewers: Vec<String>,
     /// The asset every viewer reports progress on.
@@ -551,7 +552,8 @@ impl PlayerLoad {
         let viewers: Vec<String> = (0..viewers).map(|_| user()).collect();
         let asset = super::helpers::asset();
         let stop = Arc::new(AtomicBool::new(false));
-        let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(std::sync::Mutex::new(Vec::new()));
         let acked = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
         let tasks = (0..8)
             .map(|worker| {
@@ -579,14 +581,20 @@ impl PlayerLoad {
                             .header("authorization", format!("Bearer {token}"))
                             .send()
                             .await;
+                        let what = if progress.is_some() { "progress" } else { "stream" };
                         match answer {
                             Ok(r) if r.status() == 200 => {
                                 if let Some(seconds) = progress {
                                     acked.lock().unwrap().insert(viewer.clone(), seconds);
                                 }
-                                ok.fetch_add(1, Ordering::Relaxed)
+                                ok.fetch_add(1, Ordering::Relaxed);
                             }
-                            _ => failed.fetch_add(1, Ordering::Relaxed),
+                            Ok(r) => {
+                                let status = r.status();
+                                let body = r.text().await.unwrap_or_default();
+                                failed.lock().unwrap().push(format!("{what} via {entry}: {status} {body}"));
+                            }
+                            Err(e) => failed.lock().unwrap().push(format!("{what} via {entry}: {e:?}")),
                         };
                         i += 8;
                     }
@@ -613,15 +621,16 @@ impl PlayerLoad {
         .await;
     }
 
-    /// Stops the load; returns the number of failed requests, and the progress each
-    /// viewer had acknowledged last.
-    async fn stop(self) -> (u64, std::collections::HashMap<String, u64>) {
+    /// Stops the load; returns what the failed requests got, and the progress each viewer
+    /// had acknowledged last.
+    async fn stop(self) -> (Vec<String>, std::collections::HashMap<String, u64>) {
         self.stop.store(true, Ordering::Relaxed);
         for task in self.tasks {
             task.await.unwrap();
         }
         let acked = self.acked.lock().unwrap().clone();
-        (self.failed.load(Ordering::Relaxed), acked)
+        let failed = self.failed.lock().unwrap().clone();
+        (failed, acked)
     }
 }
 
@@ -660,7 +669,7 @@ async fn a_join_under_load_fails_no_request() {
     load.runs_for(400).await;
     let (viewers, asset) = (load.viewers.clone(), load.asset.clone());
     let (failed, acked) = load.stop().await;
-    assert_eq!(failed, 0, "requests failed during the join");
+    assert!(failed.is_empty(), "requests failed during the join: {failed:#?}");
     assert_eq!(shard_counts(&s), [341, 341, 342]);
     assert!(third.metric("playstate_cluster_shards_owned").await >= 341.0);
     assert_nothing_lost(&third, &viewers, &asset, &acked).await;
@@ -690,7 +699,10 @@ async fn a_drain_and_restart_under_load_fail_no_request() {
     settled(&nodes[0], 3).await;
     load.runs_for(400).await;
     let (failed, acked) = load.stop().await;
-    assert_eq!(failed, 0, "requests failed during the drain and restart");
+    assert!(
+        failed.is_empty(),
+        "requests failed during the drain and restart: {failed:#?}"
+    );
     assert!(back.metric("playstate_cluster_shards_owned").await >= 341.0);
     assert_nothing_lost(&back, &viewers, &asset, &acked).await;
 }

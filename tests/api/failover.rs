@@ -340,13 +340,31 @@ async fn a_node_cut_off_stops_serving_before_the_others_take_its_shards() {
     // A 4th session of the user at the limit, through both sides, until the cut-off node
     // has stopped serving and the majority serves the shard: never accepted.
     let (mut stopped, mut served) = (None, None);
+    let (mut inside, mut outside) = (0, 0);
     while stopped.is_none() || served.is_none() {
-        assert!(
-            cut_at.elapsed() < FAILOVER_WAIT,
-            "no failover within {FAILOVER_WAIT:?}"
-        );
-        let inside = heartbeat(&nodes[x], &acked.at_limit, "fourth").await;
-        let outside = heartbeat(majority[0], &acked.at_limit, "fourth").await;
+        if cut_at.elapsed() >= FAILOVER_WAIT {
+            let missing = match (stopped, served) {
+                (None, None) => {
+                    "the cut-off node never stopped serving and the majority never served"
+                }
+                (None, Some(_)) => "the cut-off node never stopped serving",
+                _ => "the majority never served the cut-off node's shard",
+            };
+            for (i, node) in nodes.iter().enumerate() {
+                eprintln!(
+                    "--- node {} (cut off: {}) ---\n{}",
+                    i + 1,
+                    i == x,
+                    node.logs()
+                );
+            }
+            panic!(
+                "no failover within {FAILOVER_WAIT:?}: {missing} (last answers: {inside} from the \
+                 cut-off node, {outside} from the majority; stopped {stopped:?}, served {served:?})"
+            );
+        }
+        inside = heartbeat(&nodes[x], &acked.at_limit, "fourth").await;
+        outside = heartbeat(majority[0], &acked.at_limit, "fourth").await;
         assert_ne!(inside, 200, "accepted by the cut-off node");
         assert_ne!(outside, 200, "accepted by the majority");
         if inside == 503 && stopped.is_none() {

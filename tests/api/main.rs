@@ -16,5 +16,6 @@ mod ops;
 mod outage;
 mod proxy;
 mod security;
+mod stopping;
 mod streams;
 mod trailers;

@@ -65,8 +65,9 @@
 //!   and a different way of starting nodes.
 //!
 //! What does identify the source: the nodes are processes of this test, on this machine.
-//! When a connection comes in, the proxy looks its client's end (the peer's address and
-//! port, and the proxy's address) up in `/proc/net/tcp` for the socket's inode, and the
+//! When a connection comes in, the proxy asks the kernel for the inode of its client's end
+//! (the peer's address and port, and the proxy's address: an exact sock_diag lookup over
+//! netlink, not a scan of `/proc/net/tcp`, see `tcp_inode`), and the
 //! process that holds that socket is the one with a `/proc/PID/fd/*` link to
 //! `socket:[INODE]`. So [`Proxy::cut_from`] takes a process id (`TestNode::pid`) and covers
 //! exactly the connections that process opened, without touching the node and without
@@ -206,12 +207,11 @@ impl Proxy {
             let held = sockets_of(pid).unwrap_or_else(|error| {
                 panic!("cannot list /proc/{pid}/fd ({error}): is {pid} a running process?")
             });
-            let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
             let theirs: Vec<u64> = state
                 .live
                 .iter()
                 .filter(|(_, live)| {
-                    tcp_inode(&table, live.client, self.addr).is_some_and(|i| held.contains(&i))
+                    tcp_inode(live.client, self.addr).is_some_and(|i| held.contains(&i))
                 })
                 .map(|(id, _)| *id)
                 .collect();
@@ -346,10 +346,7 @@ fn from_any(pids: &BTreeSet<u32>, client: SocketAddr, proxy: SocketAddr) -> bool
     if pids.is_empty() {
         return false;
     }
-    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
-        return false;
-    };
-    let Some(inode) = tcp_inode(&table, client, proxy) else {
+    let Some(inode) = tcp_inode(client, proxy) else {
         return false;
     };
     pids.iter()
@@ -375,30 +372,135 @@ fn sockets_of(pid: u32) -> std::io::Result<HashSet<u64>> {
         .collect())
 }
 
-/// The inode of the TCP socket with local end `local` and remote end `remote`, from the
-/// text of `/proc/net/tcp`, whose lines read `SL: LOCAL REMOTE STATE TX:RX TR:WHEN
-/// RETRANSMITS UID TIMEOUT INODE ...`.
-fn tcp_inode(table: &str, local: SocketAddr, remote: SocketAddr) -> Option<u64> {
-    let (local, remote) = (proc_net_addr(local)?, proc_net_addr(remote)?);
-    table.lines().skip(1).find_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.get(1)? == &local && fields.get(2)? == &remote {
-            fields.get(9)?.parse().ok()
-        } else {
-            None
-        }
-    })
-}
-
-/// An IPv4 socket address as `/proc/net/tcp` spells it: the address's bytes, in network
-/// order in memory, printed as one native-endian hex word, then the port in hex
-/// (`127.0.0.1:8080` is `0100007F:1F90` on x86). `None` for IPv6.
-fn proc_net_addr(addr: SocketAddr) -> Option<String> {
-    let SocketAddr::V4(addr) = addr else {
+/// The inode of the TCP socket with local end `local` and remote end `remote`, asked of
+/// the kernel by its four-tuple (sock_diag over netlink, an exact lookup).
+///
+/// Not `/proc/net/tcp`: reading it walks every socket of the machine, which during a full
+/// test run is thousands, taking milliseconds of kernel time per accepted connection.
+/// A cut-off node redials dozens of times a second, so the proxy's one thread fell behind
+/// its accept queue; SYNs were dropped and retried a second later, and the two healthy
+/// nodes' vote requests to each other timed out for ever (no leader, no failover).
+fn tcp_inode(local: SocketAddr, remote: SocketAddr) -> Option<u64> {
+    let (SocketAddr::V4(local), SocketAddr::V4(remote)) = (local, remote) else {
         return None;
     };
-    let ip = u32::from_ne_bytes(addr.ip().octets());
-    Some(format!("{ip:08X}:{:04X}", addr.port()))
+    sock_diag::inode_of(local, remote)
+}
+
+/// Just enough of `linux/inet_diag.h` to look one TCP socket up.
+mod sock_diag {
+    use std::mem::size_of;
+    use std::net::SocketAddrV4;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    const NETLINK_SOCK_DIAG: libc::c_int = 4;
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const INET_DIAG_NOCOOKIE: u32 = !0;
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct SockId {
+        sport: [u8; 2],
+        dport: [u8; 2],
+        src: [u32; 4],
+        dst: [u32; 4],
+        interface: u32,
+        cookie: [u32; 2],
+    }
+
+    #[repr(C)]
+    struct Request {
+        header: libc::nlmsghdr,
+        family: u8,
+        protocol: u8,
+        ext: u8,
+        pad: u8,
+        states: u32,
+        id: SockId,
+    }
+
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Answer {
+        family: u8,
+        state: u8,
+        timer: u8,
+        retrans: u8,
+        id: SockId,
+        expires: u32,
+        rqueue: u32,
+        wqueue: u32,
+        uid: u32,
+        inode: u32,
+    }
+
+    pub(super) fn inode_of(local: SocketAddrV4, remote: SocketAddrV4) -> Option<u64> {
+        // SAFETY: a plain socket(2) call; the descriptor is owned below.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+                NETLINK_SOCK_DIAG,
+            )
+        };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: `fd` was just opened and nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let request = Request {
+            header: libc::nlmsghdr {
+                nlmsg_len: size_of::<Request>() as u32,
+                nlmsg_type: SOCK_DIAG_BY_FAMILY,
+                nlmsg_flags: libc::NLM_F_REQUEST as u16,
+                nlmsg_seq: 1,
+                nlmsg_pid: 0,
+            },
+            family: libc::AF_INET as u8,
+            protocol: libc::IPPROTO_TCP as u8,
+            ext: 0,
+            pad: 0,
+            states: !0,
+            id: SockId {
+                sport: local.port().to_be_bytes(),
+                dport: remote.port().to_be_bytes(),
+                src: [u32::from_ne_bytes(local.ip().octets()), 0, 0, 0],
+                dst: [u32::from_ne_bytes(remote.ip().octets()), 0, 0, 0],
+                interface: 0,
+                cookie: [INET_DIAG_NOCOOKIE; 2],
+            },
+        };
+        // SAFETY: sends the bytes of a `repr(C)` value that lives across the call.
+        let sent = unsafe {
+            libc::send(
+                fd.as_raw_fd(),
+                (&request as *const Request).cast(),
+                size_of::<Request>(),
+                0,
+            )
+        };
+        if sent != size_of::<Request>() as isize {
+            return None;
+        }
+        let mut buffer = [0u8; 512];
+        // SAFETY: receives into a buffer of the length given.
+        let received =
+            unsafe { libc::recv(fd.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len(), 0) };
+        let header_len = size_of::<libc::nlmsghdr>();
+        if received < (header_len + size_of::<Answer>()) as isize {
+            // Too short for an answer: an NLMSG_ERROR (no such socket), or nothing.
+            return None;
+        }
+        // SAFETY: the buffer holds at least a header; read unaligned, as bytes came in.
+        let header: libc::nlmsghdr = unsafe { std::ptr::read_unaligned(buffer.as_ptr().cast()) };
+        if header.nlmsg_type != SOCK_DIAG_BY_FAMILY {
+            return None;
+        }
+        // SAFETY: the length was checked to hold a header and an answer.
+        let answer: Answer =
+            unsafe { std::ptr::read_unaligned(buffer[header_len..].as_ptr().cast()) };
+        Some(u64::from(answer.inode))
+    }
 }
 
 /// The proxy's own tests, against an echo server.
