@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::cluster::management::{AdminLeave, AdminStatus, NodeRequest};
 use crate::cluster::{Peers, StatusReport};
 
 pub enum AdminCommand {
@@ -32,11 +33,7 @@ pub fn run(command: AdminCommand) -> ExitCode {
         match command {
             AdminCommand::Status { cluster_addr, json } => {
                 match peers
-                    .get::<StatusReport>(
-                        &cluster_addr,
-                        "/cluster/admin/status",
-                        Duration::from_secs(10),
-                    )
+                    .call::<AdminStatus>(&cluster_addr, &(), Duration::from_secs(10))
                     .await
                 {
                     Ok(report) if json => {
@@ -66,14 +63,9 @@ pub fn run(command: AdminCommand) -> ExitCode {
                 } else {
                     eprintln!("node {node_id}: draining its shards, then removing it…");
                 }
-                let body = serde_json::json!({ "node_id": node_id });
+                let request = NodeRequest { node_id };
                 match peers
-                    .post::<_, serde_json::Value>(
-                        &cluster_addr,
-                        "/cluster/admin/leave",
-                        &body,
-                        Duration::from_secs(200),
-                    )
+                    .call::<AdminLeave>(&cluster_addr, &request, Duration::from_secs(200))
                     .await
                 {
                     Ok(_) => {

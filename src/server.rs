@@ -436,6 +436,7 @@ impl Node {
             &metrics,
         );
         let connections = limits.clone();
+        let workers = WorkerStatuses::default();
         let state = web::Data::new(AppState {
             users,
             metrics: metrics.clone(),
@@ -454,6 +455,7 @@ impl Node {
             },
             cluster: cluster.clone(),
             limits,
+            workers: workers.clone(),
         });
 
         let max_body = config.server.max_body_bytes;
@@ -529,7 +531,7 @@ impl Node {
             metrics,
             users,
             trailer_workers,
-            workers: WorkerStatuses::default(),
+            workers,
         })
     }
 

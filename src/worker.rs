@@ -10,7 +10,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::retry::backoff;
@@ -43,7 +43,7 @@ impl MustExit {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WorkerState {
     Running,
@@ -55,9 +55,9 @@ pub enum WorkerState {
     Stopped,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct WorkerStatus {
-    pub name: &'static str,
+    pub name: String,
     pub state: WorkerState,
     pub restarts: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -76,7 +76,7 @@ impl WorkerStatuses {
     fn update(&self, name: &'static str, change: impl FnOnce(&mut WorkerStatus)) {
         let mut all = self.lock();
         let status = all.entry(name).or_insert(WorkerStatus {
-            name,
+            name: name.to_owned(),
             state: WorkerState::Running,
             restarts: 0,
             last_error: None,

@@ -14,6 +14,7 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
+use crate::cluster::ClusterError;
 use crate::domain::{IdError, LimitReached, UserId};
 use crate::error_chain::DisplayChain;
 use crate::users::{LibraryCallError, StreamError};
@@ -355,6 +356,45 @@ struct StreamyError<'a> {
 #[derive(Serialize)]
 struct VideoStreamsError<'a> {
     message: &'a str,
+}
+
+/// What a cluster route answers in place of its endpoint's reply. A `Cluster` error goes
+/// as itself, which the asking node reads back (`ClusterError: From<PeerError>`); the
+/// others as `{"error": why}`.
+#[derive(Debug)]
+pub enum ClusterRouteError {
+    Cluster(ClusterError),
+    /// A later request took this one's place (a handoff begun again).
+    Superseded(String),
+    /// Not possible now; the asker retries.
+    NotNow(String),
+    BadRequest(String),
+}
+
+impl From<ClusterError> for ClusterRouteError {
+    fn from(error: ClusterError) -> Self {
+        ClusterRouteError::Cluster(error)
+    }
+}
+
+impl ClusterRouteError {
+    pub fn render(&self) -> HttpResponse {
+        let (status, why) = match self {
+            ClusterRouteError::Cluster(e) => {
+                let status = match e {
+                    ClusterError::Removed(_) | ClusterError::Refused(_) => StatusCode::GONE,
+                    ClusterError::NoLeader(_) | ClusterError::Failed(_) => {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    }
+                };
+                return HttpResponse::build(status).json(e);
+            }
+            ClusterRouteError::Superseded(why) => (StatusCode::CONFLICT, why),
+            ClusterRouteError::NotNow(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+            ClusterRouteError::BadRequest(why) => (StatusCode::BAD_REQUEST, why),
+        };
+        HttpResponse::build(status).json(serde_json::json!({ "error": why }))
+    }
 }
 
 #[cfg(test)]

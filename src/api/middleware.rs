@@ -13,10 +13,11 @@ use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage, HttpRequest, web};
 
 use super::AppState;
+use crate::cluster::endpoint::Endpoint;
 use crate::config::RequestLog;
 use crate::domain::UserId;
 use crate::telemetry::{Metrics, RouteMetrics};
-use crate::users::REQUEST_CORRELATION_ID;
+use crate::users::{Forward, REQUEST_CORRELATION_ID};
 
 pub const CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
 
@@ -157,7 +158,7 @@ pub fn forwarded_access_log(
     macro_rules! line {
         ($level:ident) => {
             tracing::$level!(
-                route = "/cluster/forward",
+                route = Forward::PATH,
                 command,
                 user,
                 outcome,

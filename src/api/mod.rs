@@ -50,6 +50,8 @@ pub struct AppState {
     pub cluster: crate::cluster::Cluster,
     /// The player listener's connection cap and body deadline (`middleware::observe`).
     pub limits: std::sync::Arc<limits::HttpLimits>,
+    /// How the node's background workers are doing (`cluster status`).
+    pub workers: crate::worker::WorkerStatuses,
 }
 
 impl AppState {

@@ -12,6 +12,7 @@ use openraft::ChangeMembers;
 use serde::{Deserialize, Serialize};
 
 use super::balance;
+use super::endpoint::endpoint;
 use super::ids::{MemberState, NodeId, ShardId, ShardMove};
 use super::node::{Cluster, ClusterError};
 use super::types::{Request, Response};
@@ -30,6 +31,11 @@ pub struct ExportDone {
     /// Users whose live slots went to the new owner.
     pub users: usize,
 }
+
+endpoint!(
+    /// The leader asks a shard's old owner to hand it to its new owner.
+    HandoffExport, Post "/cluster/handoff/export", ExportRequest => ExportDone
+);
 
 /// Runs for the node's life.
 pub async fn run(cluster: Cluster, metrics: Arc<Metrics>) {
@@ -198,7 +204,7 @@ async fn drive(
         let exported = match cluster.cluster_addr_of(from) {
             Some(addr) => cluster
                 .peers()
-                .post::<_, ExportDone>(&addr, "/cluster/handoff/export", &request, timeout)
+                .call::<HandoffExport>(&addr, &request, timeout)
                 .await
                 .map_err(ClusterError::from),
             None => Err(ClusterError::Failed(format!("node {from} has no address"))),
@@ -240,8 +246,8 @@ async fn remove(cluster: &Cluster, node: NodeId) -> Result<(), ClusterError> {
     let (response, index) = cluster
         .write_indexed(Request::Remove { id: node.0 })
         .await?;
-    if let Response::Refused(why) = response {
-        return Err(ClusterError::Refused(why));
+    if let Response::Refused(refusal) = response {
+        return Err(refusal.into());
     }
     if node != cluster.id() {
         wait_replicated(cluster, node, index, Duration::from_secs(5)).await;

@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use openraft::ServerState;
 use serde::{Deserialize, Serialize};
 
+use super::endpoint::endpoint;
 use super::ids::NodeId;
 use super::node::Cluster;
 use crate::domain::lease::renew_interval;
@@ -52,6 +53,11 @@ pub struct LeaseRequest {
 pub struct LeaseAnswer {
     pub granted: bool,
 }
+
+endpoint!(
+    /// A member asks the leader to renew its ownership lease.
+    LeaseRenewal, Post "/cluster/lease", LeaseRequest => LeaseAnswer
+);
 
 /// The leader's side of a renewal request from another node.
 pub fn on_request(cluster: &Cluster, request: &LeaseRequest) -> LeaseAnswer {
@@ -117,7 +123,7 @@ pub async fn keep_lease(cluster: Cluster, metrics: Arc<Metrics>) {
             match cluster.cluster_addr_of(leader) {
                 Some(addr) => cluster
                     .peers()
-                    .post::<_, LeaseAnswer>(&addr, "/cluster/lease", &request, renew_every)
+                    .call::<LeaseRenewal>(&addr, &request, renew_every)
                     .await
                     .is_ok_and(|answer| answer.granted),
                 None => false,

@@ -1,6 +1,6 @@
 //! Node-to-node calls over the cluster listener: Raft RPCs, forwarded user commands,
-//! handoff transfers and admin requests, all JSON over pooled keep-alive HTTP/1.1 with
-//! the cluster secret as a bearer token.
+//! handoff transfers and admin requests (each an `endpoint::Endpoint`), all JSON over
+//! pooled keep-alive HTTP/1.1 with the cluster secret as a bearer token.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,9 +13,8 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
+use super::endpoint::{Endpoint, Method, RaftAppend, RaftSnapshot, RaftVote};
 use super::ids::NodeId;
 use super::peer_health::PeerHealth;
 use super::router::Router;
@@ -61,63 +60,53 @@ impl Peers {
         }
     }
 
-    /// POSTs `body` as JSON to `path` on the node whose cluster listener is `addr`.
-    pub async fn post<Req, Resp>(
+    /// Asks endpoint `E` of the node whose cluster listener is `addr`.
+    pub async fn call<E: Endpoint>(
         &self,
         addr: &str,
-        path: &str,
-        body: &Req,
+        request: &E::Request,
         timeout: Duration,
-    ) -> Result<Resp, PeerError>
-    where
-        Req: Serialize + ?Sized,
-        Resp: DeserializeOwned,
-    {
-        let body = serde_json::to_vec(body).map_err(|e| PeerError::Decode {
-            addr: addr.to_owned(),
-            reason: format!("cannot encode the request: {e}"),
-        })?;
-        self.post_json_bytes(addr, path, body, timeout).await
+    ) -> Result<E::Reply, PeerError> {
+        let body = match E::METHOD {
+            Method::Get => None,
+            Method::Post => Some(serde_json::to_vec(request).map_err(|e| PeerError::Decode {
+                addr: addr.to_owned(),
+                reason: format!("cannot encode the request: {e}"),
+            })?),
+        };
+        self.send::<E>(addr, body, timeout).await
     }
 
-    /// POSTs `body`, already JSON, to `path` on the node whose cluster listener is `addr`.
-    pub async fn post_json_bytes<Resp: DeserializeOwned>(
+    /// As `call`, with the request already JSON (a batch put together from items each
+    /// encoded on its own).
+    pub async fn call_encoded<E: Endpoint>(
         &self,
         addr: &str,
-        path: &str,
-        body: Vec<u8>,
+        request: Vec<u8>,
         timeout: Duration,
-    ) -> Result<Resp, PeerError> {
-        let request = self
-            .client
-            .post(format!("http://{addr}{path}"))
-            .header(reqwest::header::AUTHORIZATION, &*self.bearer)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .timeout(timeout);
-        self.send(addr, request).await
+    ) -> Result<E::Reply, PeerError> {
+        self.send::<E>(addr, Some(request), timeout).await
     }
 
-    /// GETs `path` from the node whose cluster listener is `addr`.
-    pub async fn get<Resp: DeserializeOwned>(
+    async fn send<E: Endpoint>(
         &self,
         addr: &str,
-        path: &str,
+        body: Option<Vec<u8>>,
         timeout: Duration,
-    ) -> Result<Resp, PeerError> {
-        let request = self
-            .client
-            .get(format!("http://{addr}{path}"))
-            .header(reqwest::header::AUTHORIZATION, &*self.bearer)
-            .timeout(timeout);
-        self.send(addr, request).await
-    }
-
-    async fn send<Resp: DeserializeOwned>(
-        &self,
-        addr: &str,
-        request: reqwest::RequestBuilder,
-    ) -> Result<Resp, PeerError> {
+    ) -> Result<E::Reply, PeerError> {
+        let url = format!("http://{addr}{}", E::PATH);
+        let request = match E::METHOD {
+            Method::Get => self.client.get(url),
+            Method::Post => self.client.post(url),
+        }
+        .header(reqwest::header::AUTHORIZATION, &*self.bearer)
+        .timeout(timeout);
+        let request = match body {
+            Some(body) => request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body),
+            None => request,
+        };
         let response = request.send().await.map_err(|e| PeerError::Unreachable {
             addr: addr.to_owned(),
             reason: error_chain(&e),
@@ -186,16 +175,14 @@ pub struct NodeClient {
 }
 
 impl NodeClient {
-    async fn call<Req, Resp, E>(
+    async fn call<E, Resp, Err>(
         &self,
-        path: &str,
-        request: &Req,
+        request: &E::Request,
         option: &RPCOption,
-    ) -> Result<Resp, RPCError<u64, NodeAddr, RaftError<u64, E>>>
+    ) -> Result<Resp, RPCError<u64, NodeAddr, RaftError<u64, Err>>>
     where
-        Req: Serialize,
-        Resp: DeserializeOwned,
-        E: std::error::Error + DeserializeOwned,
+        E: Endpoint<Reply = Result<Resp, RaftError<u64, Err>>>,
+        Err: std::error::Error,
     {
         let addr = self
             .router
@@ -203,9 +190,9 @@ impl NodeClient {
             .cluster_addr(NodeId(self.target))
             .map(|a| a.to_string())
             .unwrap_or_else(|| self.fallback_addr.clone());
-        let answer: Result<Result<Resp, RaftError<u64, E>>, PeerError> = self
+        let answer = self
             .peers
-            .post(&addr, path, request, option.hard_ttl())
+            .call::<E>(&addr, request, option.hard_ttl())
             .await;
         match &answer {
             Err(e @ PeerError::Unreachable { .. }) => self.health.unreachable(self.target, e),
@@ -228,7 +215,7 @@ impl RaftNetwork<TypeConfig> for NodeClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, NodeAddr, RaftError<u64>>> {
-        self.call("/cluster/raft/append", &rpc, &option).await
+        self.call::<RaftAppend, _, _>(&rpc, &option).await
     }
 
     async fn install_snapshot(
@@ -239,7 +226,7 @@ impl RaftNetwork<TypeConfig> for NodeClient {
         InstallSnapshotResponse<u64>,
         RPCError<u64, NodeAddr, RaftError<u64, InstallSnapshotError>>,
     > {
-        self.call("/cluster/raft/snapshot", &rpc, &option).await
+        self.call::<RaftSnapshot, _, _>(&rpc, &option).await
     }
 
     async fn vote(
@@ -247,6 +234,6 @@ impl RaftNetwork<TypeConfig> for NodeClient {
         rpc: VoteRequest<u64>,
         option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, NodeAddr, RaftError<u64>>> {
-        self.call("/cluster/raft/vote", &rpc, &option).await
+        self.call::<RaftVote, _, _>(&rpc, &option).await
     }
 }

@@ -16,12 +16,15 @@ use serde::{Deserialize, Serialize};
 
 use super::ids::{MemberState, NodeId};
 use super::log_store::{LogStore, open_database};
+use super::management::{
+    AdminJoin, AdminStatus, AdminWrite, JoinRequest, Joined, MemberReport, MoveReport, StatusReport,
+};
 use super::network::{Network, PeerError, Peers};
 use super::ownership::{Grants, OwnershipLease};
 use super::router::Router;
 use super::state::ClusterState;
 use super::state_machine::{Replica, StateMachine};
-use super::types::{NodeAddr, OpenError, Raft, Request, Response};
+use super::types::{NodeAddr, OpenError, Raft, Refusal, Request, Response};
 use crate::telemetry::Metrics;
 
 #[derive(Clone, Debug)]
@@ -58,6 +61,15 @@ pub enum ClusterError {
     Failed(String),
 }
 
+impl From<Refusal> for ClusterError {
+    fn from(refusal: Refusal) -> ClusterError {
+        match refusal {
+            Refusal::Removed { node } => ClusterError::Removed(node),
+            other => ClusterError::Refused(other.to_string()),
+        }
+    }
+}
+
 impl From<PeerError> for ClusterError {
     fn from(e: PeerError) -> ClusterError {
         match e {
@@ -83,63 +95,6 @@ pub enum NotReady {
     NoLease,
     #[error("catching up: applied {applied} of {ready_at}")]
     CatchingUp { applied: u64, ready_at: u64 },
-}
-
-/// A member as `cluster status` shows it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct MemberReport {
-    pub id: u64,
-    pub player_addr: String,
-    pub cluster_addr: String,
-    /// `voter` or `learner`.
-    pub role: String,
-    pub state: MemberState,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct MoveReport {
-    pub shard: u32,
-    pub from: u64,
-    pub to: u64,
-}
-
-/// What `cluster status` prints, as one node sees it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct StatusReport {
-    pub node_id: u64,
-    pub leader: Option<u64>,
-    pub term: u64,
-    pub last_applied: u64,
-    pub members: Vec<MemberReport>,
-    /// Shards owned, by node id.
-    pub shards: BTreeMap<String, usize>,
-    pub handoffs: Vec<MoveReport>,
-    /// Every node in the Raft membership (voters and learners), as this node knows it.
-    pub raft_members: Vec<u64>,
-    /// This node's log holds no entry at or below this index: it is in its snapshot.
-    pub log_purged_upto: u64,
-    /// Members the leader has not renewed for `failover_after` (known on the leader only).
-    #[serde(default)]
-    pub unreachable: Vec<u64>,
-    /// Whether this node holds its ownership lease.
-    #[serde(default)]
-    pub lease_valid: bool,
-}
-
-/// The answer to a join: where the cluster was when this node was added, so that the
-/// node can tell when it has caught up.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Joined {
-    pub log_index: u64,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct JoinRequest {
-    pub node_id: u64,
-    pub player_addr: String,
-    pub cluster_addr: String,
-    /// The joining node's `ClusterSettings::shared_store`.
-    pub store: Option<String>,
 }
 
 #[derive(Clone)]
@@ -342,12 +297,7 @@ impl Cluster {
                 match self
                     .inner
                     .peers
-                    .post::<_, Joined>(
-                        addr,
-                        "/cluster/admin/join",
-                        &request,
-                        Duration::from_secs(60),
-                    )
+                    .call::<AdminJoin>(addr, &request, Duration::from_secs(60))
                     .await
                 {
                     Ok(joined) => {
@@ -417,7 +367,7 @@ impl Cluster {
                 let report = self
                     .inner
                     .peers
-                    .get::<StatusReport>(&addr, "/cluster/admin/status", Duration::from_secs(2))
+                    .call::<AdminStatus>(&addr, &(), Duration::from_secs(2))
                     .await;
                 if let Ok(report) = report
                     && report.leader.is_some_and(|l| l != me)
@@ -436,10 +386,7 @@ impl Cluster {
         let (response, index) = self.write_indexed(request).await?;
         match response {
             Response::Applied => Ok(index),
-            Response::Refused(why) if why.contains("was removed") => {
-                Err(ClusterError::Removed(self.inner.id.0))
-            }
-            Response::Refused(why) => Err(ClusterError::Refused(why)),
+            Response::Refused(refusal) => Err(refusal.into()),
         }
     }
 
@@ -465,12 +412,7 @@ impl Cluster {
                         let sent = self
                             .inner
                             .peers
-                            .post::<_, (Response, u64)>(
-                                &addr,
-                                "/cluster/admin/write",
-                                &request,
-                                Duration::from_secs(10),
-                            )
+                            .call::<AdminWrite>(&addr, &request, Duration::from_secs(10))
                             .await;
                         match sent {
                             Ok(answer) => return Ok(answer),
@@ -679,6 +621,8 @@ impl Cluster {
             log_purged_upto: metrics.purged.map_or(0, |id| id.index),
             unreachable: self.silent_members().into_iter().map(|id| id.0).collect(),
             lease_valid: self.inner.lease.is_valid(),
+            // The caller adds them: the node's workers are not the cluster's to know.
+            workers: Vec::new(),
             handoffs: state
                 .moves
                 .values()

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::ids::{MemberState, NodeId, ShardId, ShardMove};
-use super::types::{NodeAddr, Request, Response};
+use super::types::{NodeAddr, Refusal, Request, Response};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
@@ -46,7 +46,7 @@ impl ClusterState {
             Request::Join { id, addr } => {
                 let id = NodeId(*id);
                 if self.removed.contains(&id) {
-                    return refused(format!("node {id} was removed from the cluster"));
+                    return Response::Refused(Refusal::Removed { node: id.0 });
                 }
                 // A restart ends a drain, never a leave.
                 let state = match self.members.get(&id) {
@@ -63,7 +63,7 @@ impl ClusterState {
             }
             Request::SetState { id, state } => {
                 let Some(member) = self.members.get_mut(&NodeId(*id)) else {
-                    return refused(format!("node {id} is not a member"));
+                    return Response::Refused(Refusal::NotMember { node: *id });
                 };
                 // Leaving is final: a drain must not turn a leave back into a stay.
                 if member.state != MemberState::Leaving || *state == MemberState::Leaving {
@@ -73,7 +73,7 @@ impl ClusterState {
             Request::Remove { id } => {
                 let id = NodeId(*id);
                 if self.shards.iter().any(|s| s.node == id) {
-                    return refused(format!("node {id} still owns shards"));
+                    return Response::Refused(Refusal::OwnsShards { node: id.0 });
                 }
                 self.members.remove(&id);
                 self.removed.insert(id);
@@ -81,7 +81,7 @@ impl ClusterState {
             }
             Request::AssignAll { id, shards } => {
                 if !self.shards.is_empty() {
-                    return refused("the shard table is already assigned".into());
+                    return Response::Refused(Refusal::AlreadyAssigned);
                 }
                 self.shards = vec![
                     ShardOwner {
@@ -193,10 +193,6 @@ pub fn backup_among(active: &[NodeId], owner: NodeId, shard: ShardId) -> Option<
         .copied()
 }
 
-fn refused(why: String) -> Response {
-    Response::Refused(why)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,13 +277,13 @@ mod tests {
                 id: 2,
                 addr: addr(3000)
             }),
-            Response::Refused(_)
+            Response::Refused(Refusal::Removed { node: 2 })
         ));
         assert!(!state.members.contains_key(&NodeId(2)));
         // A node that owns shards cannot be removed.
         assert!(matches!(
             state.apply(&Request::Remove { id: 1 }),
-            Response::Refused(_)
+            Response::Refused(Refusal::OwnsShards { node: 1 })
         ));
     }
 

@@ -3,7 +3,7 @@
 
 use std::io::Cursor;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use super::ids::{MemberState, ShardMove};
 use crate::domain::TrailerEntry;
@@ -52,8 +52,56 @@ pub enum Request {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
     Applied,
-    /// Not applied, and why (e.g. the member was removed).
-    Refused(String),
+    /// Not applied, and why.
+    Refused(#[serde(deserialize_with = "Refusal::deserialize_any_release")] Refusal),
+}
+
+/// Why a `Request` was not applied. Refusals change nothing.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "refusal", rename_all = "snake_case")]
+pub enum Refusal {
+    /// The member was removed; its id is never accepted again.
+    #[error("node {node} was removed from the cluster")]
+    Removed { node: u64 },
+    #[error("node {node} is not a member")]
+    NotMember { node: u64 },
+    /// A member is removed only once its shards have gone to others.
+    #[error("node {node} still owns shards")]
+    OwnsShards { node: u64 },
+    #[error("the shard table is already assigned")]
+    AlreadyAssigned,
+    /// From a node of an earlier release, which sent a refusal as text only.
+    #[error("{reason}")]
+    Unrecognized { reason: String },
+}
+
+impl Refusal {
+    /// Reads a refusal as this release sends it, or as text, as earlier releases did (a
+    /// rolling upgrade has both). Of those texts only a removal is told apart: it is the
+    /// one a node acts on (it stops for good).
+    fn deserialize_any_release<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Refusal, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum AnyRelease {
+            Typed(Refusal),
+            Text(String),
+        }
+        Ok(match AnyRelease::deserialize(deserializer)? {
+            AnyRelease::Typed(refusal) => refusal,
+            AnyRelease::Text(reason) => {
+                let removed = reason
+                    .strip_prefix("node ")
+                    .and_then(|rest| rest.strip_suffix(" was removed from the cluster"))
+                    .and_then(|node| node.parse().ok());
+                match removed {
+                    Some(node) => Refusal::Removed { node },
+                    None => Refusal::Unrecognized { reason },
+                }
+            }
+        })
+    }
 }
 
 openraft::declare_raft_types!(
@@ -86,4 +134,43 @@ pub enum OpenError {
     Settings(#[from] openraft::ConfigError),
     #[error("cannot start Raft")]
     Start(#[source] Box<openraft::error::Fatal<u64>>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_keeps_its_kind_over_the_wire() {
+        for refusal in [
+            Refusal::Removed { node: 2 },
+            Refusal::NotMember { node: 3 },
+            Refusal::OwnsShards { node: 4 },
+            Refusal::AlreadyAssigned,
+        ] {
+            let sent = serde_json::to_string(&(Response::Refused(refusal.clone()), 7u64)).unwrap();
+            let received: (Response, u64) = serde_json::from_str(&sent).unwrap();
+            assert_eq!(received, (Response::Refused(refusal), 7), "{sent}");
+        }
+    }
+
+    #[test]
+    fn a_refusal_from_an_earlier_release_is_read_and_a_removal_told_apart() {
+        let removed = r#"{"Refused":"node 2 was removed from the cluster"}"#;
+        assert_eq!(
+            serde_json::from_str::<Response>(removed).unwrap(),
+            Response::Refused(Refusal::Removed { node: 2 })
+        );
+        let other = r#"{"Refused":"node 3 still owns shards"}"#;
+        assert_eq!(
+            serde_json::from_str::<Response>(other).unwrap(),
+            Response::Refused(Refusal::Unrecognized {
+                reason: "node 3 still owns shards".into()
+            })
+        );
+        assert_eq!(
+            serde_json::from_str::<Response>(r#""Applied""#).unwrap(),
+            Response::Applied
+        );
+    }
 }

@@ -18,7 +18,10 @@ use crate::domain::{ShardBackup, UserBackup, UserId, backup::needs_snapshot};
 use crate::error_chain::DisplayChain;
 use crate::store::ProgressItem;
 
-const BACKUP_PATH: &str = "/cluster/backup";
+crate::cluster::endpoint::endpoint!(
+    /// The owner of shards sends their backup node what changed.
+    Backup, Post "/cluster/backup", BackupBatch => BackupAnswer
+);
 
 /// Changes to the shards one node backs up for the sender.
 #[derive(Debug, Serialize, Deserialize)]
@@ -155,12 +158,7 @@ pub(super) async fn send_backups(users: Users, peers: Peers, interval: Duration)
                 let sent: Vec<ShardId> = shards.iter().map(|c| c.shard).collect();
                 let answer = match addr {
                     Some(addr) => peers
-                        .post::<_, BackupAnswer>(
-                            &addr,
-                            BACKUP_PATH,
-                            &BackupBatch { shards },
-                            timeout,
-                        )
+                        .call::<Backup>(&addr, &BackupBatch { shards }, timeout)
                         .await
                         .map_err(|e| e.to_string()),
                     None => Err(format!("node {node} has no address")),

@@ -17,14 +17,16 @@ use actix_web::http::header::HeaderValue;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::actors::{CommandReply, UserCommand};
+use crate::actors::{ActorUnavailable, CommandReply, UserCommand};
 use crate::cluster::{PeerError, Peers, ShardId};
 use crate::domain::UserId;
 use crate::telemetry::Metrics;
 
-/// Where the owner takes forwarded commands: a JSON array of `ForwardedCommand`,
-/// answered by an array of `ForwardedReply` in the same order.
-const FORWARD_PATH: &str = "/cluster/forward";
+crate::cluster::endpoint::endpoint!(
+    /// Where the owner takes forwarded commands, a batch at a time; it answers in the
+    /// same order.
+    Forward, Post "/cluster/forward", Vec<ForwardedCommand> => Vec<ForwardedReply>
+);
 
 /// How many commands one batch carries at most.
 const MAX_BATCH: usize = 64;
@@ -63,7 +65,54 @@ pub enum ForwardedReply {
     Done(CommandReply),
     /// The shard is not this node's at that epoch: the sender's table is stale.
     Moved,
-    Unavailable(String),
+    Unavailable(OwnerUnavailable),
+}
+
+/// Why the owner could not run a forwarded command now. On the wire as its message, as
+/// earlier releases sent it (a rolling upgrade has both): each kind has one fixed
+/// message, so the kind is read back from it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OwnerUnavailable {
+    #[error(transparent)]
+    Actor(ActorUnavailable),
+    #[error("{}", super::SHARD_MOVING)]
+    ShardMoving,
+    /// The owner's ownership lease has run out (it cannot reach the leader): it serves
+    /// again once it can, or another node takes the shard by failover.
+    #[error("{}", super::NO_LEASE)]
+    NoLease,
+    /// The sender and the owner place the user in different shards.
+    #[error("the user is not in the shard the sender named")]
+    WrongShard,
+    /// A reason from a node of another release that this one does not know.
+    #[error("{0}")]
+    Unrecognized(String),
+}
+
+impl OwnerUnavailable {
+    const KNOWN: [OwnerUnavailable; 5] = [
+        OwnerUnavailable::Actor(ActorUnavailable::Timeout),
+        OwnerUnavailable::Actor(ActorUnavailable::Stopped),
+        OwnerUnavailable::ShardMoving,
+        OwnerUnavailable::NoLease,
+        OwnerUnavailable::WrongShard,
+    ];
+}
+
+impl Serialize for OwnerUnavailable {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for OwnerUnavailable {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let message = String::deserialize(deserializer)?;
+        Ok(OwnerUnavailable::KNOWN
+            .into_iter()
+            .find(|known| known.to_string() == message)
+            .unwrap_or(OwnerUnavailable::Unrecognized(message)))
+    }
 }
 
 type Waiter = oneshot::Sender<Result<ForwardedReply, PeerError>>;
@@ -164,9 +213,9 @@ impl Forwarder {
     async fn deliver(&self, addr: &str, batch: Vec<(Vec<u8>, Waiter)>) {
         self.metrics.cluster.forward_requests.inc();
         let body = batch_body(batch.iter().map(|(item, _)| item));
-        let answered: Result<Vec<ForwardedReply>, PeerError> = self
+        let answered = self
             .peers
-            .post_json_bytes(addr, FORWARD_PATH, body, self.timeout)
+            .call_encoded::<Forward>(addr, body, self.timeout)
             .await;
         let failure = match answered {
             Ok(replies) if replies.len() == batch.len() => {
@@ -212,5 +261,43 @@ mod tests {
         let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(parsed, serde_json::json!([1, { "a": 2 }]));
         assert_eq!(batch_body(std::iter::empty()), b"[]");
+    }
+
+    #[test]
+    fn why_an_owner_is_unavailable_survives_the_wire() {
+        for reason in OwnerUnavailable::KNOWN {
+            let sent = serde_json::to_string(&ForwardedReply::Unavailable(reason.clone())).unwrap();
+            let received: ForwardedReply = serde_json::from_str(&sent).unwrap();
+            assert!(
+                matches!(&received, ForwardedReply::Unavailable(r) if *r == reason),
+                "{sent} came back as {received:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_owner_of_an_earlier_release_is_understood() {
+        // As today's release words them.
+        let no_lease = "this node's ownership lease has run out (it cannot reach the cluster's \
+             leader); the user's shard is served again once it can, or by another node after \
+             failover";
+        let timeout = "the user's actor did not answer in time";
+        for (message, kind) in [
+            (no_lease, OwnerUnavailable::NoLease),
+            (timeout, OwnerUnavailable::Actor(ActorUnavailable::Timeout)),
+        ] {
+            let sent = serde_json::json!({ "Unavailable": message });
+            let received: ForwardedReply = serde_json::from_value(sent).unwrap();
+            assert!(
+                matches!(&received, ForwardedReply::Unavailable(r) if *r == kind),
+                "{received:?}"
+            );
+        }
+        let unknown = serde_json::json!({ "Unavailable": "user u is not in shard 3" });
+        let received: ForwardedReply = serde_json::from_value(unknown).unwrap();
+        assert!(
+            matches!(&received, ForwardedReply::Unavailable(OwnerUnavailable::Unrecognized(m)) if m == "user u is not in shard 3"),
+            "{received:?}"
+        );
     }
 }

@@ -9,9 +9,11 @@ use std::time::{Duration, Instant};
 mod backup;
 mod forwarding;
 
-pub use backup::{BackupAnswer, BackupBatch, BackupHolder};
+pub use backup::{Backup, BackupAnswer, BackupBatch, BackupHolder};
 use forwarding::Forwarder;
-pub use forwarding::{ForwardedCommand, ForwardedReply, REQUEST_CORRELATION_ID};
+pub use forwarding::{
+    Forward, ForwardedCommand, ForwardedReply, OwnerUnavailable, REQUEST_CORRELATION_ID,
+};
 
 use crate::actors::{
     ActorUnavailable, CallError, CommandReply, LibraryError, Registry, UnexpectedReply, UserCommand,
@@ -23,21 +25,46 @@ use crate::domain::{
 };
 use crate::telemetry::Metrics;
 
+const SHARD_MOVING: &str =
+    "the user's shard is being handed over, or this node has no shard table yet";
+const NO_LEASE: &str = "this node's ownership lease has run out (it cannot reach the cluster's \
+     leader); the user's shard is served again once it can, or by another node after failover";
+
 #[derive(Debug, thiserror::Error)]
 pub enum UnavailableReason {
     #[error(transparent)]
     Actor(#[from] ActorUnavailable),
-    #[error("the user's shard is being handed over, or this node has no shard table yet")]
+    #[error("{}", SHARD_MOVING)]
     ShardMoving,
-    #[error(
-        "this node's ownership lease has run out (it cannot reach the cluster's leader); \
-         the user's shard is served again once it can, or by another node after failover"
-    )]
+    #[error("{}", NO_LEASE)]
     NoLease,
+    #[error(
+        "the node that owns the user's shard holds no ownership lease (it cannot reach the \
+         cluster's leader); it serves the shard again once it can, or another node does \
+         after failover"
+    )]
+    OwnerHasNoLease,
+    /// The owner answered, but could not run the command for a reason this release does
+    /// not know.
+    #[error("the node that owns the user's shard cannot serve it: {0}")]
+    OwnerRefused(String),
     #[error("the node that owns the user's shard cannot be reached: {0}")]
     OwnerUnreachable(String),
     #[error(transparent)]
     Protocol(#[from] UnexpectedReply),
+}
+
+impl From<OwnerUnavailable> for UnavailableReason {
+    fn from(reason: OwnerUnavailable) -> UnavailableReason {
+        match reason {
+            OwnerUnavailable::Actor(e) => UnavailableReason::Actor(e),
+            OwnerUnavailable::ShardMoving => UnavailableReason::ShardMoving,
+            OwnerUnavailable::NoLease => UnavailableReason::OwnerHasNoLease,
+            other @ (OwnerUnavailable::WrongShard | OwnerUnavailable::Unrecognized(_)) => {
+                UnavailableReason::OwnerRefused(other.to_string())
+            }
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -295,9 +322,7 @@ impl Users {
                     match self.forward(node, &forwarded).await? {
                         ForwardedReply::Done(reply) => return Ok(reply),
                         ForwardedReply::Moved => command = forwarded.command,
-                        ForwardedReply::Unavailable(why) => {
-                            return Err(UnavailableReason::OwnerUnreachable(why));
-                        }
+                        ForwardedReply::Unavailable(why) => return Err(why.into()),
                     }
                 }
                 Destination::Unassigned { .. } => {}
@@ -356,7 +381,8 @@ impl Users {
             ..
         } = forwarded;
         if self.router.shard_of(&user) != shard {
-            return ForwardedReply::Unavailable(format!("user {user} is not in shard {}", shard.0));
+            tracing::warn!(%user, shard = shard.0, "a forwarded command names a shard its user is not in");
+            return ForwardedReply::Unavailable(OwnerUnavailable::WrongShard);
         }
         let deadline = Instant::now() + self.handoff_wait;
         loop {
@@ -372,7 +398,7 @@ impl Users {
                 Some(owner)
                     if owner.epoch == epoch && !self.lease.is_valid() && self.lease.ever_held() =>
                 {
-                    return ForwardedReply::Unavailable(UnavailableReason::NoLease.to_string());
+                    return ForwardedReply::Unavailable(OwnerUnavailable::NoLease);
                 }
                 Some(owner) if owner.epoch == epoch && !self.lease.is_valid() => {}
                 Some(owner) if owner.epoch == epoch => {
@@ -380,7 +406,7 @@ impl Users {
                         Ok(reply) => return ForwardedReply::Done(reply),
                         Err(CallError::NotServing(returned)) => command = returned,
                         Err(CallError::Unavailable(e)) => {
-                            return ForwardedReply::Unavailable(e.to_string());
+                            return ForwardedReply::Unavailable(OwnerUnavailable::Actor(e));
                         }
                     }
                 }
@@ -389,7 +415,7 @@ impl Users {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() || !self.router.changed_within(&mut changes, left).await {
-                return ForwardedReply::Unavailable(UnavailableReason::ShardMoving.to_string());
+                return ForwardedReply::Unavailable(OwnerUnavailable::ShardMoving);
             }
         }
     }

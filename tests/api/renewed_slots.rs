@@ -14,7 +14,7 @@ use serde_json::json;
 use super::aws::{AwsFixture, endpoint};
 use super::cluster::{route, settled, status, users_of};
 use super::failover::three_nodes;
-use super::helpers::{TestNode, eventually, sessions, signal, unsigned_token};
+use super::helpers::{eventually, sessions, signal, unsigned_token};
 
 /// Accounts of the owner that goes away; each holds three streams.
 const ACCOUNTS: usize = 12;
@@ -65,10 +65,10 @@ impl Players {
                         if let Ok(answer) = put(entry, "fourth").await
                             && answer.status() == 200
                         {
-                            fourths.lock().unwrap().push(format!(
-                                "{account} via {entry} at {:?}",
-                                started.elapsed()
-                            ));
+                            fourths
+                                .lock()
+                                .unwrap()
+                                .push(format!("{account} via {entry} at {:?}", started.elapsed()));
                         }
                         rounds.fetch_add(1, Ordering::Relaxed);
                         // A player's pace, not a synchronisation.
