@@ -852,6 +852,9 @@ async fn follow_shard_table(
                     registry.serve(shard);
                     resumed = true;
                 }
+            } else if moving_in && !registry.is_serving(shard) {
+                // Coming (back) here: the import holds its users (and dropped anything
+                // older), whatever this node saw of the shard before.
             } else if owned[index] && registry.is_serving(shard) {
                 // Lost without a handoff: it moved by failover while this node was cut
                 // off, and its new owner holds the backed-up state.

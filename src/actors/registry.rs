@@ -397,12 +397,18 @@ impl Registry {
     /// Takes over users handed from another node: their actors start holding the slots.
     pub fn install(&self, shard: ShardId, users: Vec<UserHandoff>) {
         let mut write = self.shard(shard).write().expect("not poisoned");
+        // An import comes only while another node owns the shard, so whatever this node
+        // still holds of it is from an ownership it lost (the shard failed over while it
+        // was paused or cut off), older than what comes in: it goes, storing nothing
+        // (storing it could overwrite what players did since), and the shard is served
+        // again only once the move completes.
+        write.serving = false;
+        for (_, stale) in write.actors.drain() {
+            stale.addr.do_send(Discard);
+        }
         for UserHandoff { user, slots } in users {
             let entry = self.start_actor(shard, &user, slots, false);
-            if let Some(stale) = write.actors.insert(user, entry) {
-                let (stopped, _) = tokio::sync::oneshot::channel();
-                stale.addr.do_send(Shutdown { stopped });
-            }
+            write.actors.insert(user, entry);
         }
     }
 

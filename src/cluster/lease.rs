@@ -35,7 +35,7 @@ use openraft::ServerState;
 use serde::{Deserialize, Serialize};
 
 use super::endpoint::endpoint;
-use super::ids::NodeId;
+use super::ids::{NodeId, ShardId};
 use super::node::Cluster;
 use crate::domain::lease::renew_interval;
 use crate::telemetry::Metrics;
@@ -46,12 +46,22 @@ pub struct LeaseRequest {
     pub member: u64,
     /// The Raft term the member is in: a leader of an older term must not grant.
     pub term: u64,
+    /// The member has held no lease since its process started: whatever it held in
+    /// memory (its users' slots) is gone. (Absent from an earlier release: `false`.)
+    #[serde(default)]
+    pub fresh: bool,
 }
 
 /// The leader's answer.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LeaseAnswer {
     pub granted: bool,
+    /// The last log index the leader had applied when it granted: the member takes the
+    /// lease only once it has applied as much, so that it never serves from a table
+    /// older than the leader's (one from before a failover of its shards). (Absent from
+    /// an earlier release: 0.)
+    #[serde(default)]
+    pub applied: u64,
 }
 
 endpoint!(
@@ -61,8 +71,32 @@ endpoint!(
 
 /// The leader's side of a renewal request from another node.
 pub fn on_request(cluster: &Cluster, request: &LeaseRequest) -> LeaseAnswer {
+    let member = NodeId(request.member);
+    let applied = cluster.replica().router.table().version;
+    if request.fresh {
+        // A member that restarted holds none of the slots its shards had: those are on
+        // the shards' backups. It gets a lease once its shards have failed over to them.
+        // (A backup that restarted too holds nothing: when the whole cluster restarts,
+        // every member gets its lease back with its shards, empty.)
+        let state = cluster.state();
+        let restarted = cluster.grants().restarted_members();
+        let owns_backed_up_shards = state.shards.iter().enumerate().any(|(index, owner)| {
+            owner.node == member
+                && state
+                    .backup_of(ShardId(index as u32))
+                    .is_some_and(|backup| !restarted.contains(&backup))
+        });
+        cluster.grants().restarted(member, owns_backed_up_shards);
+        if owns_backed_up_shards {
+            return LeaseAnswer {
+                granted: false,
+                applied,
+            };
+        }
+    }
     LeaseAnswer {
-        granted: cluster.grants().grant(NodeId(request.member), request.term),
+        granted: cluster.grants().grant(member, request.term),
+        applied,
     }
 }
 
@@ -116,20 +150,36 @@ pub async fn keep_lease(cluster: Cluster, metrics: Arc<Metrics>) {
             continue;
         };
         let sent = Instant::now();
-        let request = LeaseRequest { member: me.0, term };
-        let granted = if leader == me {
-            on_request(&cluster, &request).granted
+        let request = LeaseRequest {
+            member: me.0,
+            term,
+            fresh: !cluster.lease().ever_held(),
+        };
+        let answer = if leader == me {
+            Some(on_request(&cluster, &request))
         } else {
             match cluster.cluster_addr_of(leader) {
                 Some(addr) => cluster
                     .peers()
                     .call::<LeaseRenewal>(&addr, &request, renew_every)
                     .await
-                    .is_ok_and(|answer| answer.granted),
-                None => false,
+                    .ok(),
+                None => None,
             }
         };
-        if granted {
+        let Some(answer) = answer.filter(|answer| answer.granted) else {
+            continue;
+        };
+        // Timed from the send all the same: waiting to catch up only shortens it.
+        let router = &cluster.replica().router;
+        let caught_up = router
+            .wait_for(
+                |table| table.version >= answer.applied,
+                tokio::time::Instant::now() + renew_every,
+            )
+            .await
+            .is_some();
+        if caught_up {
             let was_valid = cluster.lease().is_valid();
             cluster.lease().renew_from(sent);
             if !was_valid {

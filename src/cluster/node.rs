@@ -220,13 +220,16 @@ impl Cluster {
     pub(super) fn silent_members(&self) -> BTreeSet<NodeId> {
         let me = self.id();
         let state = self.state();
-        self.grants()
+        let mut silent: BTreeSet<NodeId> = self
+            .grants()
             .silent(
                 state.members.keys().copied().filter(|id| *id != me),
                 self.settings().failover_after,
             )
             .into_iter()
-            .collect()
+            .collect();
+        silent.extend(self.grants().restarted_members());
+        silent
     }
 
     pub fn state(&self) -> Arc<ClusterState> {

@@ -2,7 +2,7 @@
 //! granted. The protocol that renews them, and why it keeps two nodes from serving one
 //! shard, is in `lease`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -85,6 +85,10 @@ struct LeaderView {
     term: u64,
     since: Instant,
     last_grant: BTreeMap<NodeId, Instant>,
+    /// Members that started afresh (their users' slots gone with their memory) while
+    /// still owning shards that backups hold: their shards fail over before they get a
+    /// lease, so they never serve those shards empty.
+    restarted: BTreeSet<NodeId>,
 }
 
 impl Grants {
@@ -150,8 +154,29 @@ impl Grants {
                 term,
                 since: Instant::now(),
                 last_grant: BTreeMap::new(),
+                restarted: BTreeSet::new(),
             });
         }
+    }
+
+    /// Records whether `member`, asking afresh, still owns shards a backup holds.
+    pub(super) fn restarted(&self, member: NodeId, owns_backed_up_shards: bool) {
+        let mut view = self.view.lock().expect("not poisoned");
+        if let Some(view) = view.as_mut() {
+            if owns_backed_up_shards {
+                view.restarted.insert(member);
+            } else {
+                view.restarted.remove(&member);
+            }
+        }
+    }
+
+    /// Members whose shards must fail over because they restarted (see `restarted`).
+    pub(super) fn restarted_members(&self) -> BTreeSet<NodeId> {
+        let view = self.view.lock().expect("not poisoned");
+        view.as_ref()
+            .map(|view| view.restarted.clone())
+            .unwrap_or_default()
     }
 
     pub(super) fn follow(&self) {

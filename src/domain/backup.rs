@@ -52,6 +52,10 @@ impl UserBackup {
 pub struct ShardBackup {
     /// The shard's epoch at its owner when this was sent.
     pub epoch: u64,
+    /// The version of the shard table the owner chose this node as backup by. A backup
+    /// whose own table is older may not see itself as the backup yet; it must keep the
+    /// copy until its table is at least this new.
+    pub chosen_in: u64,
     pub users: HashMap<UserId, UserBackup>,
 }
 
@@ -60,6 +64,7 @@ impl ShardBackup {
     pub fn snapshot(epoch: u64, users: Vec<(UserId, UserBackup)>) -> ShardBackup {
         let mut backup = ShardBackup {
             epoch,
+            chosen_in: 0,
             users: HashMap::with_capacity(users.len()),
         };
         backup.apply(users);

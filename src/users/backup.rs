@@ -37,6 +37,10 @@ pub struct ShardChanges {
     /// A full snapshot, replacing whatever the backup kept of the shard.
     pub full: bool,
     pub users: Vec<(UserId, UserBackup)>,
+    /// The version of the sender's shard table, which named the receiver the backup.
+    /// (Absent from an earlier release: 0.)
+    #[serde(default)]
+    pub table_version: u64,
 }
 
 /// The backup's answer: shards whose changes it could not take, for want of a snapshot
@@ -60,10 +64,9 @@ impl BackupHolder {
             let current = kept.get_mut(&changes.shard);
             if changes.full {
                 if current.is_none_or(|c| c.epoch <= changes.epoch) {
-                    kept.insert(
-                        changes.shard,
-                        ShardBackup::snapshot(changes.epoch, changes.users),
-                    );
+                    let mut snapshot = ShardBackup::snapshot(changes.epoch, changes.users);
+                    snapshot.chosen_in = changes.table_version;
+                    kept.insert(changes.shard, snapshot);
                 }
             } else if needs_snapshot(current.as_deref(), changes.epoch) {
                 answer.snapshot_wanted.push(changes.shard);
@@ -91,12 +94,16 @@ impl BackupHolder {
     }
 
     /// Forgets shards this node no longer backs up (or kept at an epoch that is over);
-    /// returns how many users it still keeps.
+    /// returns how many users it still keeps. A copy sent by an owner whose table was
+    /// newer than `table` stays: by that newer table this node is the backup (it was
+    /// dropped here before this node's table caught up, and the owner, counting it
+    /// sent, never sent it again: a failover then found the shard's slots gone).
     pub fn prune(&self, table: &ShardTable, me: NodeId) -> usize {
         let mut kept = self.shards.lock().expect("not poisoned");
         kept.retain(|shard, backup| {
-            table.backup_of(*shard) == Some(me)
-                && table.owner(*shard).is_some_and(|o| backup.epoch >= o.epoch)
+            backup.chosen_in > table.version
+                || (table.backup_of(*shard) == Some(me)
+                    && table.owner(*shard).is_some_and(|o| backup.epoch >= o.epoch))
         });
         drop(kept);
         self.users()
@@ -149,6 +156,7 @@ pub(super) async fn send_backups(users: Users, peers: Peers, interval: Duration)
                 epoch: owner.epoch,
                 full,
                 users,
+                table_version: table.version,
             });
         }
         let sends = batches.into_iter().map(|(node, shards)| {
@@ -256,5 +264,45 @@ impl Users {
             progress = progress.len(),
             "took over shards by failover from their backup copies"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::AssetId;
+
+    fn copy_of(shard: ShardId, table_version: u64) -> BackupBatch {
+        let asset = AssetId::parse("37fc3f0c-3b7e-4d6c-9c8a-4f6f5d8d1a11").unwrap();
+        let kept = UserBackup {
+            slots: None,
+            progress: Some(vec![(asset, Some(1135))]),
+        };
+        BackupBatch {
+            shards: vec![ShardChanges {
+                shard,
+                epoch: 1,
+                full: true,
+                users: vec![(UserId::parse("viewer").unwrap(), kept)],
+                table_version,
+            }],
+        }
+    }
+
+    #[test]
+    fn a_copy_chosen_by_a_newer_table_stays_until_this_nodes_table_catches_up() {
+        let holder = BackupHolder::default();
+        holder.receive(copy_of(ShardId(3), 10));
+        // This node's table is older than the owner's, and names no backup (one node).
+        let mut table = ShardTable::single_node(16, NodeId(2));
+        table.version = 9;
+        assert_eq!(
+            holder.prune(&table, NodeId(2)),
+            1,
+            "kept: the owner knows better"
+        );
+        // Caught up, the table still does not name this node: the copy is not its own.
+        table.version = 10;
+        assert_eq!(holder.prune(&table, NodeId(2)), 0);
     }
 }

@@ -44,7 +44,7 @@ impl Players {
                 let entries = entries.clone();
                 // A paused node holds a request until it resumes: a player gives up on it.
                 let client = reqwest::Client::builder()
-                    .timeout(Duration::from_millis(1500))
+                    .timeout(Duration::from_millis(500))
                     .build()
                     .expect("a client");
                 tokio::spawn(async move {
@@ -153,7 +153,7 @@ async fn no_fourth_stream_around(fault: Fault) {
         Some(())
     })
     .await;
-    players.play(10).await;
+    players.play(3).await;
     match fault {
         Fault::Pause => signal(pid, "-CONT"),
         Fault::Crash => {
