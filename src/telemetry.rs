@@ -609,3 +609,30 @@ impl RouteMetrics {
         self.by_status.push((method, status, counter));
     }
 }
+
+/// The text of a log event (its `message` field), for the logging layers that turn other
+/// crates' lines into ours (`api::client_faults`, `cluster::peer_health`).
+#[derive(Default)]
+pub struct EventMessage(pub String);
+
+impl EventMessage {
+    pub fn of(event: &tracing::Event<'_>) -> EventMessage {
+        let mut message = EventMessage::default();
+        event.record(&mut message);
+        message
+    }
+}
+
+impl tracing::field::Visit for EventMessage {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            self.0 = value.to_owned();
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0 = format!("{value:?}");
+        }
+    }
+}

@@ -9,11 +9,9 @@
 //! failure, each with the count of the ones left out since the previous line.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::{Context, Layer};
 
@@ -47,8 +45,7 @@ impl<S: Subscriber> Layer<S> for ClientFaultLog {
         if *meta.level() != Level::ERROR || !meta.target().starts_with(ACTIX_H1) {
             return true;
         }
-        let mut message = Message::default();
-        event.record(&mut message);
+        let message = crate::telemetry::EventMessage::of(event);
         let (kind, detail) = classify(&message.0);
         if let Some(suppressed) = self.limit.admit(kind, Instant::now()) {
             // The subscriber is the global one, so this nested event is dispatched (a
@@ -70,23 +67,6 @@ fn classify(message: &str) -> (&str, &str) {
     let message = message.strip_prefix("stream error: ").unwrap_or(message);
     let kind = message.split(':').next().unwrap_or(message).trim();
     (kind, message)
-}
-
-#[derive(Default)]
-struct Message(String);
-
-impl Visit for Message {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "message" {
-            self.0 = value.to_owned();
-        }
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if field.name() == "message" {
-            self.0 = format!("{value:?}");
-        }
-    }
 }
 
 /// At most `LINES_PER_SECOND` lines per kind in each one-second window.

@@ -13,7 +13,6 @@ use std::fmt;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::{Context, Layer};
 
@@ -140,8 +139,7 @@ impl<S: Subscriber> Layer<S> for RaftRpcNoise {
         if *meta.level() > Level::WARN || !meta.target().starts_with("openraft") {
             return true;
         }
-        let mut message = Message::default();
-        event.record(&mut message);
+        let message = crate::telemetry::EventMessage::of(event);
         !is_rpc_noise(&message.0)
     }
 }
@@ -150,23 +148,6 @@ fn is_rpc_noise(message: &str) -> bool {
     RAFT_RPC_NOISE
         .iter()
         .any(|noise| message.starts_with(noise))
-}
-
-#[derive(Default)]
-struct Message(String);
-
-impl Visit for Message {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "message" {
-            self.0 = value.to_owned();
-        }
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if field.name() == "message" {
-            self.0 = format!("{value:?}");
-        }
-    }
 }
 
 #[cfg(test)]

@@ -9,25 +9,8 @@ use serde_json::json;
 
 use super::aws::{AwsFixture, endpoint};
 use super::cluster::{node_with, ready, settled, users_of};
+use super::failover::FAILOVER;
 use super::helpers::{TestNode, asset, eventually, signal};
-
-/// Small Raft timeouts; progress is never flushed on its own, so what is stored after
-/// the stop was flushed by it.
-fn config(drain_timeout: &str) -> String {
-    format!(
-        r#"
-[cluster]
-heartbeat_interval = "100ms"
-election_timeout = "800ms"
-handoff_wait = "5s"
-ownership_lease = "2s"
-failover_after = "3s"
-drain_timeout = "{drain_timeout}"
-[progress]
-flush_interval = "60s"
-"#
-    )
-}
 
 /// Generous: the stop takes a second or two, a hang takes for ever.
 const EXIT_WAIT: Duration = Duration::from_secs(45);
@@ -39,13 +22,15 @@ async fn survivor_without_quorum(
     aws: &AwsFixture,
     drain_timeout: &str,
 ) -> (TestNode, String, String, usize) {
-    let config = config(drain_timeout);
-    let first = node_with(aws, &config, 1, None, &[]).await;
+    // Small Raft timeouts; progress is never flushed on its own, so what is stored after
+    // the stop was flushed by it.
+    let drain = [("PLAYSTATE_CLUSTER__DRAIN_TIMEOUT", drain_timeout)];
+    let first = node_with(aws, FAILOVER, 1, None, &drain).await;
     ready(&first).await;
     let join = first.cluster_addr.clone();
     let mut others = vec![
-        node_with(aws, &config, 2, Some(&join), &[]).await,
-        node_with(aws, &config, 3, Some(&join), &[]).await,
+        node_with(aws, FAILOVER, 2, Some(&join), &drain).await,
+        node_with(aws, FAILOVER, 3, Some(&join), &drain).await,
     ];
     for n in &others {
         ready(n).await;
