@@ -21,7 +21,6 @@ use crate::catalog::Catalog;
 use crate::clock::Clock;
 use crate::cluster::{
     Cluster, ClusterError, ClusterSettings, NodeAddr, NodeId, ReplicatedTrailerCache, Router,
-    ShardId,
 };
 use crate::config::{CatalogKind, Config, EventSinkKind, StoreBackend, threads_or_cores};
 use crate::domain::StreamPolicy;
@@ -657,12 +656,15 @@ impl Node {
             self.handle.stop.clone(),
         );
         workers.spawn("shard-table-follower", move |exit| {
+            let stop = stop.clone();
             until_exit(
-                follow_shard_table(
+                crate::users::follow_shard_table(
                     users.clone(),
                     cluster.clone(),
                     metrics.clone(),
-                    stop.clone(),
+                    move || {
+                        stop.send_replace(Some(StopReason::Removed));
+                    },
                 ),
                 exit,
             )
@@ -802,106 +804,6 @@ async fn drain(cluster: &Cluster, timeout: Duration) {
             shards = cluster.replica().router.table().owned_by(me).count(),
             "drain timed out; stopping with shards still owned"
         ),
-    }
-}
-
-/// Keeps the actors in step with the shard table: serves shards this node gained (or
-/// kept after a move was given up), takes over the ones that came by failover from its
-/// backup copy, lets go of the ones it lost, and notices its removal.
-async fn follow_shard_table(
-    users: Users,
-    cluster: Cluster,
-    metrics: Arc<Metrics>,
-    stop: tokio::sync::watch::Sender<Option<StopReason>>,
-) {
-    let router = users.router().clone();
-    let registry = users.registry().clone();
-    let me = router.local();
-    let mut owned: Vec<bool> = Vec::new();
-    let mut incoming: Vec<bool> = Vec::new();
-    let mut changes = router.subscribe();
-    loop {
-        let table = router.table();
-        let shards = table.shards() as usize;
-        owned.resize(shards, false);
-        incoming.resize(shards, false);
-        let mut resumed = false;
-        let mut count = 0;
-        let mut moving = 0;
-        let mut failed_over = Vec::new();
-        for index in 0..shards {
-            let shard = ShardId(index as u32);
-            let owner = table.owner(shard).filter(|o| o.node == me);
-            let moving_in = table.moving_to(shard) == Some(me);
-            moving += i64::from(table.is_moving(shard));
-            if let Some(owner) = owner {
-                count += 1;
-                let gained = !owned[index];
-                if gained
-                    && owner.by_failover
-                    && let Some(backup) = users.backups().take_for(shard, owner.epoch)
-                {
-                    // Served once its backed-up state is in place, below.
-                    failed_over.push((shard, backup));
-                    owned[index] = true;
-                    incoming[index] = moving_in;
-                    continue;
-                }
-                let move_given_up = !table.is_moving(shard);
-                if (gained || move_given_up) && !registry.is_serving(shard) {
-                    registry.serve(shard);
-                    resumed = true;
-                }
-            } else if moving_in && !registry.is_serving(shard) {
-                // Coming (back) here: the import holds its users (and dropped anything
-                // older), whatever this node saw of the shard before.
-            } else if owned[index] && registry.is_serving(shard) {
-                // Lost without a handoff: it moved by failover while this node was cut
-                // off, and its new owner holds the backed-up state.
-                tracing::warn!(
-                    shard = index,
-                    "a shard of this node moved by failover; dropping its users' state here"
-                );
-                registry.discard(shard);
-            } else if owned[index] || (incoming[index] && !moving_in) {
-                registry.release(shard);
-            }
-            owned[index] = owner.is_some();
-            incoming[index] = moving_in;
-        }
-        if !failed_over.is_empty() {
-            let shards: Vec<ShardId> = failed_over.iter().map(|(shard, _)| *shard).collect();
-            users.recover_shards(failed_over).await;
-            for shard in shards {
-                registry.serve(shard);
-            }
-            resumed = true;
-        }
-        metrics.cluster.shards_owned.set(count);
-        metrics.cluster.shards.set(shards as i64);
-        metrics.cluster.shards_moving.set(moving);
-        metrics
-            .cluster
-            .backup_users
-            .set(users.backups().prune(&table, me) as i64);
-        let state = cluster.state();
-        for member_state in ["active", "draining", "leaving"] {
-            let n = state
-                .members
-                .values()
-                .filter(|m| m.state.as_str() == member_state)
-                .count();
-            metrics.cluster.members(member_state).set(n as i64);
-        }
-        if state.removed.contains(&me) {
-            stop.send_replace(Some(StopReason::Removed));
-        }
-        if resumed {
-            router.nudge();
-        }
-        if changes.changed().await.is_err() {
-            return;
-        }
     }
 }
 

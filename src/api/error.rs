@@ -377,6 +377,18 @@ impl From<ClusterError> for ClusterRouteError {
     }
 }
 
+impl From<crate::users::HandoffError> for ClusterRouteError {
+    fn from(error: crate::users::HandoffError) -> Self {
+        use crate::users::HandoffError;
+        match error {
+            HandoffError::Superseded(_) => ClusterRouteError::Superseded(error.to_string()),
+            // The texts of the previous release: a leader of it reads only the status.
+            HandoffError::NotTaken(why) => ClusterRouteError::NotNow(why),
+            HandoffError::NotMovingHere { .. } => ClusterRouteError::NotNow(error.to_string()),
+        }
+    }
+}
+
 impl ClusterRouteError {
     pub fn render(&self) -> HttpResponse {
         let (status, why) = match self {

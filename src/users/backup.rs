@@ -12,11 +12,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::Users;
-use crate::actors::UserHandoff;
 use crate::cluster::{NodeId, Peers, ShardId, ShardTable};
 use crate::domain::{ShardBackup, UserBackup, UserId, backup::needs_snapshot};
-use crate::error_chain::DisplayChain;
-use crate::store::ProgressItem;
 
 crate::cluster::endpoint::endpoint!(
     /// The owner of shards sends their backup node what changed.
@@ -113,8 +110,8 @@ impl BackupHolder {
 /// Runs for the node's life: every `interval` (or at once when a slot was taken), sends
 /// what changed on the shards this node owns to their backups.
 pub(super) async fn send_backups(users: Users, peers: Peers, interval: Duration) {
-    let feed = std::sync::Arc::clone(&users.registry().services().backup_feed);
-    let me = users.router().local();
+    let feed = std::sync::Arc::clone(&users.registry.services().backup_feed);
+    let me = users.router.local();
     // Shards whose backup has everything up to now: (backup node, epoch) it was sent at.
     let mut synced: HashMap<ShardId, (NodeId, u64)> = HashMap::new();
     let timeout = interval.max(Duration::from_millis(500));
@@ -123,7 +120,7 @@ pub(super) async fn send_backups(users: Users, peers: Peers, interval: Duration)
             _ = tokio::time::sleep(interval) => {}
             _ = feed.urgent() => {}
         }
-        let table = users.router().table();
+        let table = users.router.table();
         let any_backup = table.has_backups();
         feed.set_enabled(any_backup);
         let mut changed: HashMap<ShardId, Vec<(UserId, UserBackup)>> = HashMap::new();
@@ -143,7 +140,7 @@ pub(super) async fn send_backups(users: Users, peers: Peers, interval: Duration)
             let full = synced.get(&shard) != Some(&(backup, owner.epoch));
             let users = if full {
                 // Taken after the changes above, so it holds them all.
-                users.registry().snapshot(shard).await
+                users.registry.snapshot(shard).await
             } else {
                 match changes {
                     Some(changes) => changes,
@@ -174,7 +171,7 @@ pub(super) async fn send_backups(users: Users, peers: Peers, interval: Duration)
                 (node, sent, answer)
             }
         });
-        let metrics = &users.registry().services().metrics.cluster;
+        let metrics = &users.registry.services().metrics.cluster;
         let mut all_sent = true;
         for (node, sent, answer) in futures_util::future::join_all(sends).await {
             match answer {
@@ -196,74 +193,6 @@ pub(super) async fn send_backups(users: Users, peers: Peers, interval: Duration)
             }
         }
         feed.sent(all_sent);
-    }
-}
-
-impl Users {
-    /// Takes over shards that came here by failover: stores the backed-up progress (their
-    /// old owner may have crashed before storing it), all shards in one go, then holds
-    /// the backed-up slots with fresh leases. Waits out a store outage: the caller serves
-    /// the shards only after this, so nobody reads progress older than what was
-    /// acknowledged.
-    pub async fn recover_shards(&self, shards: Vec<(ShardId, ShardBackup)>) {
-        let services = self.registry.services();
-        let progress: Vec<ProgressItem> = shards
-            .iter()
-            .flat_map(|(_, backup)| &backup.users)
-            .flat_map(|(user, kept)| {
-                kept.progress
-                    .iter()
-                    .flatten()
-                    .map(|(asset, seconds)| ProgressItem {
-                        user: user.clone(),
-                        asset: *asset,
-                        seconds: *seconds,
-                    })
-            })
-            .collect();
-        let mut attempt = 0u32;
-        while !progress.is_empty() {
-            match services.flusher.write(progress.clone()).await {
-                Ok(()) => break,
-                Err(e) => {
-                    attempt += 1;
-                    tracing::warn!(shards = shards.len(), error = %DisplayChain(&e), "cannot store recovered progress yet; the shards wait");
-                    tokio::time::sleep(crate::retry::backoff(
-                        attempt,
-                        Duration::from_millis(200),
-                        Duration::from_secs(5),
-                    ))
-                    .await;
-                }
-            }
-        }
-        let now = services.clock.now();
-        let mut slots = 0;
-        let count = shards.len();
-        for (shard, backup) in shards {
-            let handoffs: Vec<UserHandoff> = backup
-                .users
-                .into_iter()
-                .filter_map(|(user, kept)| {
-                    let mut held = kept.slots.filter(|s| s.held() > 0)?;
-                    held.refresh(now, |origin| self.policy.lease_for(origin));
-                    slots += held.held();
-                    Some(UserHandoff { user, slots: held })
-                })
-                .collect();
-            self.registry.install(shard, handoffs);
-        }
-        let metrics = &services.metrics.cluster;
-        metrics.failover_slots_recovered.inc_by(slots as u64);
-        metrics
-            .failover_progress_recovered
-            .inc_by(progress.len() as u64);
-        tracing::info!(
-            shards = count,
-            slots,
-            progress = progress.len(),
-            "took over shards by failover from their backup copies"
-        );
     }
 }
 

@@ -8,11 +8,15 @@ use std::time::{Duration, Instant};
 
 mod backup;
 mod forwarding;
+mod shards;
 
 pub use backup::{Backup, BackupAnswer, BackupBatch, BackupHolder};
 use forwarding::Forwarder;
 pub use forwarding::{
     Forward, ForwardedCommand, ForwardedReply, OwnerUnavailable, REQUEST_CORRELATION_ID,
+};
+pub use shards::{
+    HandoffError, HandoffImport, ImportStatus, Imported, ShardImport, follow_shard_table,
 };
 
 use crate::actors::{
@@ -141,14 +145,6 @@ impl Users {
             metrics,
             handoff_wait,
         }
-    }
-
-    pub fn registry(&self) -> &Registry {
-        &self.registry
-    }
-
-    pub fn router(&self) -> &Router {
-        &self.router
     }
 
     pub fn backups(&self) -> &BackupHolder {

@@ -12,7 +12,7 @@ use crate::api::params;
 use crate::cluster::endpoint::Endpoint;
 use crate::cluster::management::{
     AdminDrain, AdminJoin, AdminLeave, AdminRoute, AdminStatus, AdminWrite, Draining, Left,
-    NodeRequest, RouteReport,
+    NodeRequest,
 };
 use crate::cluster::{Cluster, ClusterError, JoinRequest, NodeId, Request};
 
@@ -34,17 +34,7 @@ async fn route(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
             return ClusterRouteError::BadRequest(e.message(Dialect::Problem)).render();
         }
     };
-    let router = state.users.router();
-    let shard = router.shard_of(&user);
-    let table = router.table();
-    let owner = table.owner(shard);
-    respond::<AdminRoute>(Ok(RouteReport {
-        user,
-        shard: shard.0,
-        owner: owner.map(|o| o.node.0),
-        epoch: owner.map(|o| o.epoch),
-        backup: table.backup_of(shard).map(|b| b.0),
-    }))
+    respond::<AdminRoute>(Ok(state.users.route_report(user)))
 }
 
 async fn status(state: web::Data<AppState>) -> Answer<AdminStatus> {

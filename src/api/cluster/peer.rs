@@ -1,48 +1,20 @@
 //! What nodes ask each other about users and shards: forwarded commands, backups of
 //! their shards, lease renewals (of the leader) and shard handoffs.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use actix_web::web;
-use serde::{Deserialize, Serialize};
 
 use super::{Answer, serve};
-use crate::actors::UserHandoff;
 use crate::api::AppState;
-use crate::api::error::ClusterRouteError;
 use crate::api::middleware;
+use crate::cluster::ExportRequest;
 use crate::cluster::controller::HandoffExport;
-use crate::cluster::endpoint::endpoint;
 use crate::cluster::lease::LeaseRenewal;
 use crate::cluster::lease::{self, LeaseRequest};
-use crate::cluster::{ExportDone, ExportRequest, NodeId, ShardId};
-use crate::users::{Backup, BackupBatch, Forward, ForwardedCommand, ForwardedReply};
-
-endpoint!(
-    /// The old owner of shards hands their users to the new owner.
-    HandoffImport, Post "/cluster/handoff/import", Vec<ShardImport> => Imported
-);
-
-/// The users of one shard, handed to its new owner.
-#[derive(Serialize, Deserialize)]
-pub struct ShardImport {
-    shard: ShardId,
-    /// The epoch the shard had at its old owner.
-    epoch: u64,
-    users: Vec<UserHandoff>,
-}
-
-/// The new owner holds the users handed over.
-#[derive(Serialize, Deserialize)]
-pub struct Imported {
-    status: ImportStatus,
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum ImportStatus {
-    Imported,
-}
+use crate::users::{
+    Backup, BackupBatch, Forward, ForwardedCommand, ForwardedReply, HandoffImport, ShardImport,
+};
 
 pub(super) fn routes(cfg: &mut web::ServiceConfig) {
     serve::<LeaseRenewal, _, _>(cfg, renew_lease);
@@ -104,93 +76,12 @@ async fn execute_forwarded(state: &AppState, mut forwarded: ForwardedCommand) ->
     reply
 }
 
-/// Old owner: stop serving the shards, store their users' progress, and send their live
-/// slots to the new owner. On failure the leader gives the moves up, and the shards are
-/// served here again when this node sees that (`follow_shard_table`), not before: this
-/// export may have been given up and begun again meanwhile (the store was slow, the
-/// leader stopped waiting), and only the latest may decide.
+/// Old owner: hands the shards to their new owner (see `users::shards`).
 async fn export(state: web::Data<AppState>, request: ExportRequest) -> Answer<HandoffExport> {
-    let ExportRequest { to, shards } = request;
-    let users = state.users.registry();
-    let mut imports = Vec::with_capacity(shards.len());
-    for (shard, epoch) in &shards {
-        let Some(exported) = users.export(*shard).await else {
-            tracing::info!(
-                shard = shard.0,
-                "handoff: a later export of this shard began; this one stops"
-            );
-            return Err(ClusterRouteError::Superseded(format!(
-                "superseded by a later export of shard {}",
-                shard.0
-            )));
-        };
-        imports.push(ShardImport {
-            shard: *shard,
-            epoch: *epoch,
-            users: exported,
-        });
-    }
-    let moved: usize = imports.iter().map(|i| i.users.len()).sum();
-    let sent = match state.cluster.cluster_addr_of(NodeId(to)) {
-        Some(addr) => state
-            .cluster
-            .peers()
-            .call::<HandoffImport>(
-                &addr,
-                &imports,
-                state.cluster.settings().handoff_wait + Duration::from_secs(5),
-            )
-            .await
-            .map_err(|e| e.to_string()),
-        None => Err(format!("node {to} has no address")),
-    };
-    match sent {
-        Ok(_) => {
-            state
-                .metrics
-                .cluster
-                .shards_moved
-                .inc_by(shards.len() as u64);
-            Ok(ExportDone { users: moved })
-        }
-        Err(why) => {
-            tracing::warn!(to, error = %why, "handoff: the new owner did not take the shards");
-            Err(ClusterRouteError::NotNow(why))
-        }
-    }
+    Ok(state.users.export_shards(request).await?)
 }
 
-/// New owner: hold the slots handed over until the shard is ours. Waits for this node's
-/// table to show the move, so an older table cannot make it drop what it just received.
-/// Only while the move is on: an import that arrives after it finished (or was given up)
-/// is from an export given up earlier, older than what this node holds.
+/// New owner: holds the users handed over (see `users::shards`).
 async fn import(state: web::Data<AppState>, imports: Vec<ShardImport>) -> Answer<HandoffImport> {
-    let router = state.users.router();
-    let me = router.local();
-    let wait = state.cluster.settings().handoff_wait;
-    for import in imports {
-        let started = Instant::now();
-        loop {
-            let mut changes = router.subscribe();
-            let table = router.table();
-            let moving_here = table.moving_to(import.shard) == Some(me)
-                && table
-                    .owner(import.shard)
-                    .is_some_and(|o| o.epoch == import.epoch);
-            if moving_here {
-                break;
-            }
-            let left = wait.saturating_sub(started.elapsed());
-            if left.is_zero() || !router.changed_within(&mut changes, left).await {
-                return Err(ClusterRouteError::NotNow(format!(
-                    "shard {} is not moving to node {me}",
-                    import.shard.0
-                )));
-            }
-        }
-        state.users.registry().install(import.shard, import.users);
-    }
-    Ok(Imported {
-        status: ImportStatus::Imported,
-    })
+    Ok(state.users.import_shards(imports).await?)
 }
