@@ -11,7 +11,7 @@ die() { echo "local-cluster-check: $*" >&2; exit 1; }
 
 CLUSTER_DIR=$(mktemp -d)/cluster
 export CLUSTER_DIR LOCAL_CLUSTER_BIN=${LOCAL_CLUSTER_BIN:-target/debug/playstate}
-[ -x "$LOCAL_CLUSTER_BIN" ] || cargo build --locked --bin playstate
+[ -x "$LOCAL_CLUSTER_BIN" ] || cargo build --locked --workspace --tests --bins
 export PLAYSTATE_STORE__BACKEND=dynamodb PLAYSTATE_STORE__DYNAMODB__CREATE_TABLE=true \
   PLAYSTATE_STORE__DYNAMODB__TABLE="local-check-$$" PLAYSTATE_AWS__ENDPOINT="$TEST_AWS_ENDPOINT" \
   PLAYSTATE_AWS__REGION=us-east-1 PLAYSTATE_AWS__ACCESS_KEY_ID=local \

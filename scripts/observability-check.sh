@@ -76,8 +76,9 @@ promtool test rules cluster/prometheus/alerts_test.yml
 echo "cluster/grafana/playstate.json is up to date"
 
 say "building the node and the load generator (debug)"
-cargo build --quiet --locked --bin playstate
-cargo build --quiet --locked -p loadtest
+# The whole workspace at once: building one package alone unifies dependency features
+# differently and rebuilds them.
+cargo build --quiet --locked --workspace --tests --bins
 BIN=target/debug/playstate
 
 if [ -z "${TEST_AWS_ENDPOINT:-}" ]; then

@@ -46,7 +46,7 @@ case "$MODE" in single | cluster | all) ;; *) sed -n '2,17p' "$0"; exit 2 ;; esa
 emulator_install
 # The document itself first, against the OpenAPI 3.1 schema (the validator comes with moto).
 "$EMULATOR_VENV/bin/openapi-spec-validator" --schema 3.1 docs/openapi.json
-cargo build --quiet --locked --bin playstate
+cargo build --quiet --locked --workspace --tests --bins
 rm -rf "$OUT"
 mkdir -p "$OUT"
 

@@ -19,6 +19,9 @@ echo "moto server on 127.0.0.1:$MOTO_PORT (pid $MOTO_PID)"
 export TEST_AWS_ENDPOINT="http://127.0.0.1:$MOTO_PORT"
 export TEST_MOTO_SERVER="$PWD/$EMULATOR_VENV/bin/moto_server"
 
+step "build (debug, the whole workspace with its tests: the feature set every later step uses, so dependencies are built once)"
+cargo build --quiet --locked --workspace --tests --bins
+
 step "Kubernetes manifests (cluster/k8s): schemas, entrypoint script, node configuration"
 K8S_OUT=.build/k8s
 mkdir -p "$K8S_OUT"
@@ -36,7 +39,7 @@ sh -n "$K8S_OUT/entrypoint.sh"
 # entrypoint the id and the advertised address).
 PLAYSTATE_CLUSTER__SECRET=check PLAYSTATE_AUTH__JWT_HS256_SECRET=check \
   PLAYSTATE_CLUSTER__NODE_ID=1 PLAYSTATE_CLUSTER__ADVERTISE=playstate-0.playstate-cluster \
-  cargo run --quiet --locked --bin playstate -- --config "$K8S_OUT/playstate.toml" check-config >/dev/null
+  "${CARGO_TARGET_DIR:-target}/debug/playstate" --config "$K8S_OUT/playstate.toml" check-config >/dev/null
 echo "manifests, entrypoint and configuration are valid"
 
 step "cargo fmt --check"
