@@ -105,9 +105,12 @@ impl Players {
     }
 }
 
+#[derive(Clone, Copy, PartialEq)]
 enum Fault {
     /// SIGSTOP past `failover_after`, then SIGCONT.
     Pause,
+    /// The same, of the Raft leader: the others elect another, which fails it over.
+    PauseLeader,
     /// SIGKILL, then a restart on the data dir.
     Crash,
 }
@@ -116,8 +119,11 @@ async fn no_fourth_stream_around(fault: Fault) {
     let aws = AwsFixture::new(&endpoint()).await;
     let mut nodes = three_nodes(&aws).await;
     let leader = status(&nodes[0])["leader"].as_u64().unwrap();
-    // A follower goes away: the leader drives the failover and the rejoin.
-    let victim = (1..=3u64).find(|id| *id != leader).unwrap();
+    // A follower goes away (the leader drives the failover and the rejoin), or the leader.
+    let victim = match fault {
+        Fault::PauseLeader => leader,
+        _ => (1..=3u64).find(|id| *id != leader).unwrap(),
+    };
     let index = victim as usize - 1;
     let survivor = (0..3).find(|i| *i != index).unwrap();
     let accounts = users_of(&nodes[survivor], victim, ACCOUNTS).await;
@@ -140,7 +146,7 @@ async fn no_fourth_stream_around(fault: Fault) {
 
     let pid = nodes[index].pid().unwrap();
     match fault {
-        Fault::Pause => signal(pid, "-STOP"),
+        Fault::Pause | Fault::PauseLeader => signal(pid, "-STOP"),
         Fault::Crash => nodes[index].crash(),
     }
     let via = &nodes[survivor];
@@ -153,9 +159,10 @@ async fn no_fourth_stream_around(fault: Fault) {
         Some(())
     })
     .await;
-    players.play(3).await;
+    // Paused well past the failover, as a stopped VM or a long GC would be.
+    players.play(8).await;
     match fault {
-        Fault::Pause => signal(pid, "-CONT"),
+        Fault::Pause | Fault::PauseLeader => signal(pid, "-CONT"),
         Fault::Crash => {
             let crashed = nodes.remove(index);
             let back = crashed.start_again().await;
@@ -185,4 +192,9 @@ async fn a_paused_owner_resumed_frees_no_renewed_slot() {
 #[tokio::test]
 async fn a_crashed_owner_restarted_frees_no_renewed_slot() {
     no_fourth_stream_around(Fault::Crash).await;
+}
+
+#[tokio::test]
+async fn a_paused_leader_resumed_frees_no_renewed_slot() {
+    no_fourth_stream_around(Fault::PauseLeader).await;
 }
