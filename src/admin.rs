@@ -129,6 +129,20 @@ pub fn render(report: &StatusReport) -> String {
             report.node_id
         );
     }
+    // Workers that are not running as they should (restarting after a failure).
+    for w in report
+        .workers
+        .iter()
+        .filter(|w| w.state == crate::worker::WorkerState::Restarting)
+    {
+        let _ = writeln!(
+            out,
+            "\nworker {} is restarting (restarted {} times; last error: {})",
+            w.name,
+            w.restarts,
+            w.last_error.as_deref().unwrap_or("none")
+        );
+    }
     if report.handoffs.is_empty() {
         let _ = writeln!(out, "\nno handoffs in progress");
     } else {

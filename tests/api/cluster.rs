@@ -173,6 +173,32 @@ async fn three_nodes_form_a_cluster_and_share_the_shards() {
     let s = status(&nodes[1]);
     let members = s["members"].as_array().unwrap();
     assert_eq!(members.len(), 3);
+    // Its background workers, each named, running under the supervisor (formation is
+    // done by now).
+    let workers: BTreeSet<(String, String)> = s["workers"]
+        .as_array()
+        .expect("workers in the status")
+        .iter()
+        .map(|w| {
+            let field = |name: &str| w[name].as_str().unwrap_or_default().to_owned();
+            (field("name"), field("state"))
+        })
+        .collect();
+    for running in [
+        "lease-keeper",
+        "controller",
+        "shard-table-follower",
+        "backup-sender",
+    ] {
+        assert!(
+            workers.contains(&(running.to_owned(), "running".to_owned())),
+            "{running} is not running: {workers:?}"
+        );
+    }
+    assert!(
+        workers.contains(&("cluster-formation".to_owned(), "finished".to_owned())),
+        "{workers:?}"
+    );
     assert!(members.iter().all(|m| m["role"] == "voter"), "{s}");
     assert!(members.iter().all(|m| m["state"] == "active"), "{s}");
     assert_eq!(shard_counts(&s), [341, 341, 342]);
