@@ -472,7 +472,9 @@ async fn a_background_load_shows_when_a_node_died() {
     let s = load.finished().await.expect("the run");
 
     assert_eq!(s.stopped_by, "stopped");
-    assert!((5.0..15.0).contains(&s.elapsed_s), "{}", s.elapsed_s);
+    // Stopped, not run out: the kill came once both nodes had served the load (a second
+    // or more), then two seconds passed.
+    assert!((3.0..15.0).contains(&s.elapsed_s), "{}", s.elapsed_s);
     let t = timeline(&s);
     assert_eq!(t.seconds.len(), s.elapsed_s.ceil() as usize, "{t:#?}");
     let first = t.first_error_second.expect("errors once b died");
