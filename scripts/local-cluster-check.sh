@@ -19,6 +19,20 @@ export PLAYSTATE_STORE__BACKEND=dynamodb PLAYSTATE_STORE__DYNAMODB__CREATE_TABLE
 trap 'cluster/local.sh down >/dev/null 2>&1 || true' EXIT
 
 cluster/local.sh up 2
+# Until node 2 holds its share and nothing moves: a stop while shards are still moving
+# to it would have nothing (or only part) to drain.
+settled=""
+for _ in $(seq 1 300); do
+  if cluster/local.sh status --json 2>/dev/null | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+sys.exit(0 if not s["handoffs"] and s["shards"].get("2", 0) > 0 else 1)'; then
+    settled=yes
+    break
+  fi
+  sleep 0.2
+done
+[ -n "$settled" ] || die "the two nodes did not settle within 60 s"
 node2=$CLUSTER_DIR/node2
 before=$(cat "$node2/addr") cluster_before=$(cat "$node2/cluster_addr")
 cluster/local.sh stop 2
