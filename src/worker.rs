@@ -33,14 +33,6 @@ impl MustExit {
     pub async fn wait(&mut self) {
         let _ = self.0.wait_for(|exit| *exit).await;
     }
-
-    /// A signal that is never set, for a worker run on its own (tests, one-off tools).
-    pub fn never() -> MustExit {
-        let (sender, receiver) = watch::channel(false);
-        // Kept alive for ever: dropping it would read as "exit".
-        std::mem::forget(sender);
-        MustExit(receiver)
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -19,6 +19,7 @@ use super::ids::NodeId;
 use super::peer_health::PeerHealth;
 use super::router::Router;
 use super::types::{NodeAddr, TypeConfig};
+use crate::error_chain::DisplayChain;
 
 /// Why a call to another node failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -109,12 +110,13 @@ impl Peers {
         };
         let response = request.send().await.map_err(|e| PeerError::Unreachable {
             addr: addr.to_owned(),
-            reason: error_chain(&e),
+            // reqwest's top-level message hides the cause ("error sending request").
+            reason: DisplayChain(&e).to_string(),
         })?;
         let status = response.status();
         let body = response.bytes().await.map_err(|e| PeerError::Unreachable {
             addr: addr.to_owned(),
-            reason: error_chain(&e),
+            reason: DisplayChain(&e).to_string(),
         })?;
         if !status.is_success() {
             return Err(PeerError::Status {
@@ -128,18 +130,6 @@ impl Peers {
             reason: e.to_string(),
         })
     }
-}
-
-/// reqwest's top-level message hides the cause ("error sending request"): say it.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Makes Raft's clients for other nodes.

@@ -72,7 +72,8 @@ impl PeerHealth {
     }
 
     /// Peers that did not answer their last call.
-    pub fn down(&self) -> Vec<u64> {
+    #[cfg(test)]
+    fn down(&self) -> Vec<u64> {
         let down = self.down.lock().unwrap_or_else(|e| e.into_inner());
         let mut peers: Vec<u64> = down.keys().copied().collect();
         peers.sort_unstable();
